@@ -1,0 +1,57 @@
+"""The test ledger: an append-only JSONL file, one entry per test evaluation (DESIGN §1, §3).
+
+The test set may be looked at once per study. Appends take an exclusive file lock and are
+fsync'ed, so two processes cannot both pass the "not yet tested" check, and a crash cannot
+leave half an entry that hides a look at the test set.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+LEDGER_NAME = "test_ledger.jsonl"
+
+
+class TestAlreadyRecorded(RuntimeError):
+    """A second look at the test set of a study that already has its result."""
+
+    def __init__(self, path: Path, entries: list[dict[str, Any]]) -> None:
+        self.path, self.entries = path, entries
+        super().__init__(
+            f"The test set of this study was already evaluated ({len(entries)} entries in {path}). "
+            "A second look would let the test set influence choices, which is the leak dmltune exists "
+            "to prevent. The recorded result stands; start a new study (a new --out) to test a new choice."
+        )
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    """Every entry, in order; a missing ledger is an empty one."""
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[list[dict[str, Any]]]:
+    """Hold the ledger's lock; yields the entries already recorded (re-read under the lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield read(path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def append(path: Path, entry: dict[str, Any]) -> None:
+    """Append one entry durably; call while holding `locked(path)`."""
+    with path.open("a") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,68 @@
+"""The run's Parquet tables: one row per trial (trials.parquet), one per retrain (final.parquet).
+
+trials.parquet is built from study.db, the Optuna study every trial was told to: it survives
+a restarted driver, and each trial's per-epoch validation Recall@1 is its intermediate values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from trainables.config import RAY_TRIAL_ID_ATTR, SELECTION_METRIC
+
+STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
+          optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",
+          optuna.trial.TrialState.WAITING: "waiting"}
+
+
+def load_study(run_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name="dmltune", storage=f"sqlite:///{(run_dir / 'study.db').resolve()}")
+
+
+def trials_frame(study: optuna.Study, max_epochs: int) -> pd.DataFrame:
+    """One row per trial: number, state, epochs run, the validation curve, its best value, params."""
+    rows: list[dict[str, Any]] = []
+    for t in study.get_trials(deepcopy=False):
+        curve = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
+        rows.append({
+            "number": t.number,
+            "ray_trial_id": t.user_attrs.get(RAY_TRIAL_ID_ATTR),
+            "state": STATES.get(t.state, t.state.name.lower()),
+            "epochs": len(curve),
+            "full_budget": len(curve) >= max_epochs,
+            f"best_{SELECTION_METRIC}": max(curve) if curve else None,
+            "best_epoch": (curve.index(max(curve)) + 1) if curve else None,
+            f"{SELECTION_METRIC}_curve": curve,
+            "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start else None,
+            **{f"param_{k}": v for k, v in t.params.items()},
+        })
+    return pd.DataFrame(rows)
+
+
+def param_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith("param_")]
+
+
+def select_top(trials: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k best trials by validation Recall@1, trials that ran the full budget first.
+
+    A pruned trial never showed how it does at the full schedule, so it is retrained only when
+    fewer than k trials reached it. Failed trials are never selected.
+    """
+    best = f"best_{SELECTION_METRIC}"
+    usable = trials[trials["state"].isin(["complete", "pruned"]) & trials[best].notna()]
+    if usable.empty:
+        raise RuntimeError("No trial produced a validation score: every trial failed. "
+                           "See the trial logs under the run directory's ray/ folder.")
+    return usable.sort_values(["full_budget", best, "number"], ascending=[False, False, True]).head(k)
+
+
+def write(frame: pd.DataFrame, path: Path) -> None:
+    """Write atomically, so an interrupted run never leaves a truncated table behind."""
+    tmp = path.with_suffix(".parquet.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)

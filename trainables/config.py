@@ -1,0 +1,67 @@
+"""The trainer's resolved configuration: validated once, saved in every checkpoint and result row."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Keys of a search-space point that configure the optimiser; every other key is the loss's.
+OPTIMISER_KEYS = ("lr", "weight_decay", "proxy_lr")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loss: str
+    loss_params: Mapping[str, float] = field(default_factory=dict)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    proxy_lr: float | None = None  # lr of the loss's proxies/centres; None: the backbone's lr
+    epochs: int = 10
+    batch_size: int = 64
+    embedding_size: int = 64
+    backbone: str = "glyphcnn"
+    m_per_class: int | None = None  # samples per class in a batch; None: 4 for pair losses, 0 (uniform) for proxy losses
+    grad_clip: float = 10.0  # clip the gradient norm at this value (Proxy-Anchor's recipe), 0 disables
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 2,
+            "embedding_size": self.embedding_size >= 2, "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip >= 0,
+            "proxy_lr": self.proxy_lr is None or self.proxy_lr > 0,
+            "m_per_class": self.m_per_class is None or 0 <= self.m_per_class <= self.batch_size,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"TrainConfig.{name} is out of range, but got {getattr(self, name)!r}.")
+        # A frozen config must not share a mutable dict with its caller.
+        object.__setattr__(self, "loss_params", dict(self.loss_params))
+
+    @classmethod
+    def from_params(cls, loss: str, params: Mapping[str, Any], **fixed: Any) -> TrainConfig:
+        """Split a search-space point into optimiser knobs and loss hyperparameters."""
+        optim = {k: params[k] for k in OPTIMISER_KEYS if k in params}
+        loss_params = {k: v for k, v in params.items() if k not in OPTIMISER_KEYS}
+        return cls(loss=loss, loss_params=loss_params, **optim, **fixed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"loss_params": dict(self.loss_params)}
+
+    def params(self) -> dict[str, float]:
+        """The searched point back: optimiser knobs and loss hyperparameters, flat."""
+        optim = {k: getattr(self, k) for k in OPTIMISER_KEYS if getattr(self, k) is not None}
+        return optim | dict(self.loss_params)
+
+
+def config_hash(payload: Mapping[str, Any]) -> str:
+    """A short stable hash of a config (sorted JSON), used to name and match results."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+# The one selection metric and its direction: searcher, scheduler, selection and report share it.
+SELECTION_METRIC = "val_recall@1"
+SELECTION_MODE = "max"
+# Optuna user attribute linking a study trial to its Ray Tune trial (study.db <-> ray/).
+RAY_TRIAL_ID_ATTR = "ray_trial_id"
