@@ -91,19 +91,32 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_t = max_t
+        self._last_step: dict[str, int] = {}  # trial id -> last epoch reported to Optuna
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
         return config
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        self._last_step[trial_id] = result[TRAINING_ITERATION]
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped_early = (not error and result is not None and trial_id not in self._completed_trials
-                         and result.get(TRAINING_ITERATION, 0) < self.max_t)
-        if not stopped_early:
+        if trial_id in self._completed_trials:
+            return
+        step = (result or {}).get(TRAINING_ITERATION, 0)
+        value = (result or {}).get(self.metric)
+        ot_trial = self._ot_trials[trial_id]
+        # Ray hands a trial's last result (the one ASHA stopped it on, or its max_t epoch) only to
+        # on_trial_complete, never to on_trial_result: record it as the curve's last point too,
+        # or a trial stopped at its first rung reaches Optuna with no value at all.
+        if value is not None and self._last_step.get(trial_id) != step:
+            ot_trial.report(value, step)
+        if error or value is None or step >= self.max_t:
             super().on_trial_complete(trial_id, result, error)
             return
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 
@@ -172,6 +185,7 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     The study lives in `run_dir/study.db` (optuna-dashboard reads it); Ray's experiment in
     `run_dir/ray` unless `settings.storage_path` points at storage every node reaches.
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / 'study.db').resolve()}")
     searcher = PruningAwareOptunaSearch(
         space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE, points_to_evaluate=first_points,
@@ -196,15 +210,24 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Start a local Ray (or join a cluster) quietly: no dashboard, no usage stats."""
+    """Start a local Ray (or join a cluster) quietly: no dashboard, no usage stats, our progress lines only."""
+    import logging
+
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    # Tune's new console output prints its experiment banner even at verbose=0; the legacy
+    # reporter honours verbose=0, leaving ProgressLines as the only per-trial output.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Checkpointing every epoch of short trials triggers a "snapshot too often" warning that has
+    # no action for the user; experiment state is still snapshotted.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local single-user Ray: no token file
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)

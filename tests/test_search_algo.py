@@ -1,0 +1,51 @@
+"""The searcher tells Optuna what ASHA did: a trial stopped before max_t is PRUNED, not COMPLETE."""
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.result import TRAINING_ITERATION
+
+from spaces import OptimiserDefaults, default_config, define_by_run
+from trainables.config import SELECTION_METRIC
+from trainables.ray_tune import PruningAwareOptunaSearch, tpe_sampler
+
+
+def _searcher(tmp_path, max_t: int = 4) -> PruningAwareOptunaSearch:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    return PruningAwareOptunaSearch(space=define_by_run("softtriple", OptimiserDefaults()), metric=SELECTION_METRIC,
+                                    mode="max", sampler=tpe_sampler(8, 0), study_name="dmltune", storage=storage,
+                                    max_t=max_t)
+
+
+def _run(searcher, trial_id: str, values: list[float]) -> None:
+    """Ray's order: every result but the last goes to on_trial_result, the last only to on_trial_complete."""
+    searcher.suggest(trial_id)
+    for step, v in enumerate(values[:-1], start=1):
+        searcher.on_trial_result(trial_id, {SELECTION_METRIC: v, TRAINING_ITERATION: step})
+    searcher.on_trial_complete(trial_id, {SELECTION_METRIC: values[-1], TRAINING_ITERATION: len(values)})
+
+
+def test_stopped_trial_is_pruned_full_trial_is_complete_and_both_are_in_study_db(tmp_path) -> None:
+    searcher = _searcher(tmp_path)
+    _run(searcher, "a", [0.2, 0.3])
+    _run(searcher, "b", [0.2, 0.4, 0.5, 0.6])
+    _run(searcher, "d", [0.25])  # stopped at the first rung: its only result arrives with completion
+    searcher.suggest("c")
+    searcher.on_trial_complete("c", None, error=True)
+    study = optuna.load_study(study_name="dmltune", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    by_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert by_id["a"].state == TrialState.PRUNED and by_id["a"].value == 0.3
+    assert by_id["b"].state == TrialState.COMPLETE and by_id["b"].value == 0.6
+    assert by_id["c"].state == TrialState.FAIL
+    assert dict(by_id["b"].intermediate_values) == {1: 0.2, 2: 0.4, 3: 0.5, 4: 0.6}
+    assert by_id["d"].state == TrialState.PRUNED and by_id["d"].value == 0.25
+    assert dict(by_id["d"].intermediate_values) == {1: 0.25}
+
+
+def test_the_papers_defaults_are_a_point_of_the_space() -> None:
+    defaults = default_config("softtriple", OptimiserDefaults())
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(defaults)
+    trial = study.ask()
+    define_by_run("softtriple", OptimiserDefaults())(trial)
+    assert trial.params == defaults

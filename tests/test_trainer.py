@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.config import TrainConfig
+from trainables.trainer import Trainer
+
+ST = {"margin": 0.01, "scale": 20.0, "gamma": 0.1, "tau": 0.2}
+
+
+def _cfg(**kw) -> TrainConfig:
+    return TrainConfig(**({"loss": "softtriple", "loss_params": ST, "lr": 1e-3, "proxy_lr": 1e-2, "epochs": 3,
+                           "batch_size": 16, "embedding_size": 8} | kw))
+
+
+def test_loss_parameters_get_their_own_optimiser_group_and_lr(blobs) -> None:
+    trainer = Trainer(_cfg(), blobs.subset(blobs.train_classes, train=True))
+    groups = trainer.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in trainer.loss.parameters()}
+
+
+def test_resuming_from_a_checkpoint_gives_the_same_weights_as_training_straight_through(blobs, tmp_path) -> None:
+    torch.set_num_threads(1)
+    data = blobs.subset(blobs.train_classes, train=True)
+    straight = Trainer(_cfg(), data)
+    for _ in range(2):
+        straight.train_epoch()
+    first = Trainer(_cfg(), data)
+    first.train_epoch()
+    first.save(tmp_path / "ckpt.pt")
+    resumed = Trainer(_cfg(), data)
+    resumed.load(tmp_path / "ckpt.pt")
+    assert resumed.epoch == 1
+    resumed.train_epoch()
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(straight.loss.fc, resumed.loss.fc)
+
+
+def test_a_checkpoint_of_another_config_is_refused(blobs, tmp_path) -> None:
+    data = blobs.subset(blobs.train_classes, train=True)
+    Trainer(_cfg(), data).save(tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="another|not this trainer"):
+        Trainer(_cfg(lr=2e-3), data).load(tmp_path / "ckpt.pt")
+
+
+def test_config_round_trips_through_search_params() -> None:
+    cfg = TrainConfig.from_params("softtriple", {"lr": 1e-3, "weight_decay": 0.0, "proxy_lr": 0.1, **ST})
+    assert cfg.loss_params == ST and cfg.proxy_lr == 0.1
+    assert TrainConfig.from_params("softtriple", cfg.params()) == cfg
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("lr", -1.0), ("batch_size", 1)])
+def test_bad_config_values_are_named(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        _cfg(**{field: value})
+
+
+def test_validation_recall_rises_above_an_untrained_model_within_a_few_epochs_on_glyphs() -> None:
+    from trainables.data.glyphs import GlyphsDataset
+    from trainables.data.splits import fixed_split
+
+    torch.set_num_threads(2)
+    ds = GlyphsDataset()
+    split = fixed_split(ds.train_classes, 0.1, seed=0)
+    cfg = TrainConfig(loss="proxy_anchor", loss_params={"margin": 0.1, "alpha": 32.0}, lr=2e-3, proxy_lr=0.1,
+                      epochs=3, batch_size=64, embedding_size=64)
+    trainer = Trainer(cfg, ds.subset(split.fit, train=True))
+    val = ds.subset(split.val)
+    before = trainer.evaluate(val, (1,))["recall@1"]
+    for _ in range(3):
+        trainer.train_epoch()
+    after = trainer.evaluate(val, (1,))["recall@1"]
+    assert np.isfinite(after) and after > before + 0.1, (before, after)
