@@ -1,0 +1,228 @@
+"""Retrieval metrics (Recall@K, MAP@R, R-precision) and clustering NMI (DESIGN §7).
+
+Embeddings are L2-normalised and compared by cosine similarity. Without a gallery each query
+retrieves among the other items (itself excluded by index, so an identical duplicate still
+counts as another item); with a gallery (In-Shop) queries retrieve from the gallery and
+nothing is excluded.
+
+Ties (pessimistic, order-free): an item whose similarity equals a positive's is ranked ahead
+of that positive unless it is itself a positive; tied positives keep their set of positions.
+So duplicates of a negative can only lower a score, and the result never depends on item order.
+
+Exclusions: R is the number of the query's class-mates among the retrieved items. Queries with
+R = 0 (a class with no other item) have no defined Recall@K or MAP@R and are left out of every
+metric; each metric is the mean over the remaining queries.
+
+Speed (DESIGN §7): the chunked similarity product is the floor; nothing here sorts a whole row.
+Recall@K needs only the rank of the best positive, i.e. how many negatives score at least as
+high (one compare-and-count pass); MAP@R needs only the R best negatives (a top-k with k = the
+largest R, small). The same torch code runs on CPU and GPU (the `device` argument). faiss is used
+for k-means (NMI), not for k-NN: its CPU wheel's OpenBLAS falls back to SSE3 on this machine, and
+k-NN with k = 1000 would need the top-k that this module avoids.
+"""
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["retrieval_metrics", "nmi", "ks_for"]
+
+# Recall@K cut-offs used by the papers each dataset is reported in (DESIGN §7).
+_KS_BY_DATASET: dict[str, tuple[int, ...]] = {
+    "glyphs": (1, 2, 4, 8),
+    "cub": (1, 2, 4, 8),
+    "cars": (1, 2, 4, 8),
+    "sop": (1, 10, 100, 1000),
+    "inshop": (1, 10, 20, 30, 40, 50),
+}
+
+# Similarity buffer per chunk when chunk_size is not given: 256 MiB keeps SOP's test set
+# (60,502 items) well under 1 GiB of extra memory while chunks stay large enough for a fast GEMM.
+_CHUNK_BYTES = 256 * 2**20
+
+
+def ks_for(dataset_name: str) -> tuple[int, ...]:
+    """Recall@K cut-offs for a dataset, so every run of it reports the same columns."""
+    if dataset_name not in _KS_BY_DATASET:
+        raise ValueError(f"Unknown dataset {dataset_name!r}; choose one of {sorted(_KS_BY_DATASET)}.")
+    return _KS_BY_DATASET[dataset_name]
+
+
+def _normalised(x: torch.Tensor | np.ndarray, name: str, device: torch.device) -> torch.Tensor:
+    """A float32 L2-normalised copy on `device`; the caller's array is never modified."""
+    t = torch.as_tensor(x)
+    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D [N, D] array, but got shape {tuple(t.shape)}.")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must hold floats, but got dtype {t.dtype}.")
+    t = t.to(device=device, dtype=torch.float32)
+    bad = int((~torch.isfinite(t).all(dim=1)).sum())
+    if bad:
+        raise ValueError(f"{name} has {bad} rows with NaN or infinite values; similarities would be undefined.")
+    return F.normalize(t, dim=1)
+
+
+def _class_ids(y: torch.Tensor | np.ndarray | Sequence[int], n: int, name: str,
+               device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(y)) if not isinstance(y, torch.Tensor) else y
+    if t.ndim != 1 or len(t) != n:
+        raise ValueError(f"{name} must be 1-D with one label per embedding ({n}), but got shape {tuple(t.shape)}.")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be integer class ids, but got dtype {t.dtype}.")
+    return t.to(device=device, dtype=torch.int64)
+
+
+def _positive_int(value: object, name: str) -> int:
+    """`value` as an int >= 1 (numpy integers welcome); bools and floats are mistakes."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= 1, but got {value!r}.") from None
+    if number < 1:
+        raise ValueError(f"{name} must be an integer >= 1, but got {number}.")
+    return number
+
+
+@torch.no_grad()
+def retrieval_metrics(
+    embeddings: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray | Sequence[int],
+    ks: Sequence[int] = (1, 2, 4, 8),
+    *,
+    gallery_embeddings: torch.Tensor | np.ndarray | None = None,
+    gallery_labels: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+    map_at_r: bool = True,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Recall@K for each K in `ks`, plus "map@r" and "r_precision" (Musgrave et al. 2020) if `map_at_r`.
+
+    Queries are processed `chunk_size` rows at a time (default: a 256 MiB similarity buffer,
+    reused across chunks), so no N x N matrix is ever held. `device` defaults to the device of
+    `embeddings` (CPU for numpy input). See the module docstring for the tie rule and exclusions.
+    """
+    ks = tuple(_positive_int(k, "each K in ks") for k in ks)
+    if not ks:
+        raise ValueError("ks must name at least one K, but got an empty sequence.")
+    if (gallery_embeddings is None) != (gallery_labels is None):
+        raise ValueError("Give gallery_embeddings and gallery_labels together (In-Shop), or neither, "
+                         f"but got gallery_embeddings={'None' if gallery_embeddings is None else 'array'} and "
+                         f"gallery_labels={'None' if gallery_labels is None else 'array'}.")
+    if chunk_size is not None:
+        chunk_size = _positive_int(chunk_size, "chunk_size")
+    if device is None:
+        device = embeddings.device if isinstance(embeddings, torch.Tensor) else torch.device("cpu")
+    device = torch.device(device)
+
+    queries = _normalised(embeddings, "embeddings", device)
+    query_labels = _class_ids(labels, len(queries), "labels", device)
+    if gallery_embeddings is None:
+        gallery, gallery_labels_t, exclude_self = queries, query_labels, True
+    else:
+        gallery = _normalised(gallery_embeddings, "gallery_embeddings", device)
+        if gallery.shape[1] != queries.shape[1]:
+            raise ValueError(f"gallery_embeddings have dimension {gallery.shape[1]}, but embeddings have "
+                             f"{queries.shape[1]}.")
+        gallery_labels_t = _class_ids(gallery_labels, len(gallery), "gallery_labels", device)
+        exclude_self = False
+
+    # Class members of the gallery as runs of one sorted index, so a query's positives are
+    # order[start : start + count] without any [queries x gallery] label-match matrix.
+    order = torch.argsort(gallery_labels_t, stable=True)
+    classes, counts = torch.unique_consecutive(gallery_labels_t[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.searchsorted(classes, query_labels).clamp_(max=len(classes) - 1)
+    same_class = torch.where(classes[slot] == query_labels, counts[slot], 0)
+    r_all = same_class - int(exclude_self)  # R per query
+    kept = torch.nonzero(r_all > 0).squeeze(1)
+    if len(kept) == 0:
+        raise ValueError("No query has another item of its class to retrieve (every R is 0), so Recall@K and "
+                         "MAP@R are undefined; check the labels and the query/gallery split.")
+
+    n_gallery = len(gallery)
+    rows_per_chunk = chunk_size or max(1, _CHUNK_BYTES // (4 * n_gallery))
+    rows_per_chunk = min(rows_per_chunk, len(kept))
+    sims_buffer = torch.empty(rows_per_chunk, n_gallery, device=device)
+    # float32 counts 0/1 exactly up to 2**24; summing in float64 would copy the whole chunk.
+    count_dtype = torch.float32 if n_gallery < 2**24 else torch.float64
+    gallery_t = gallery.T
+    hits = torch.zeros(len(ks), dtype=torch.int64, device=device)
+    ks_t = torch.tensor(ks, device=device)
+    ap_sum = torch.zeros((), dtype=torch.float64, device=device)
+    rp_sum = torch.zeros((), dtype=torch.float64, device=device)
+
+    for lo in range(0, len(kept), rows_per_chunk):
+        rows = kept[lo: lo + rows_per_chunk]
+        sims = sims_buffer[: len(rows)]
+        torch.mm(queries[rows], gallery_t, out=sims)
+
+        # Positives of each row, padded by repeating the class's last member; in the
+        # self-excluding case the list includes the query itself, which is masked like a pad.
+        n_same, r = same_class[rows], r_all[rows]
+        j = torch.arange(int(n_same.max()), device=device)
+        pos_idx = order[starts[slot[rows]].unsqueeze(1) + torch.minimum(j, n_same.unsqueeze(1) - 1)]
+        is_pos = j < n_same.unsqueeze(1)
+        if exclude_self:
+            is_pos &= pos_idx != rows.unsqueeze(1)
+        pos_sims = sims.gather(1, pos_idx).masked_fill_(~is_pos, float("-inf"))
+        pos_sims = pos_sims.sort(dim=1, descending=True).values
+        # Positives and self leave the row: what remains is exactly the negatives.
+        sims.scatter_(1, pos_idx, float("-inf"))
+
+        if map_at_r:
+            # Position (1-based) of the k-th best positive = k + number of negatives scoring >= it
+            # (pessimistic ties). Only positions <= R matter, so the top-max(R) negatives suffice.
+            r_max = int(r.max())
+            top_neg = torch.topk(sims, r_max, dim=1).values.flip(1).contiguous()  # ascending
+            kth = pos_sims[:, :r_max].contiguous()
+            neg_ahead = r_max - torch.searchsorted(top_neg, kth, side="left")
+            k = torch.arange(1, r_max + 1, device=device)
+            position = k + neg_ahead
+            in_top_r = (k <= r.unsqueeze(1)) & (position <= r.unsqueeze(1))
+            precision = torch.where(in_top_r, k.to(torch.float64) / position, 0.0)
+            r64 = r.to(torch.float64)
+            ap_sum += (precision.sum(1) / r64).sum()
+            rp_sum += (in_top_r.sum(1) / r64).sum()
+
+        # Rank (0-based) of the best positive = negatives scoring >= it; compared in place, as a
+        # float 0/1 row, because torch sums float rows several times faster than bool rows.
+        best = pos_sims[:, :1]
+        rank = torch.ge(sims, best, out=sims).sum(1, dtype=count_dtype)
+        hits += (rank.unsqueeze(1) < ks_t).sum(0)
+
+    n = len(kept)
+    out = {f"recall@{k}": v / n for k, v in zip(ks, hits.tolist())}
+    if map_at_r:
+        out["map@r"] = ap_sum.item() / n
+        out["r_precision"] = rp_sum.item() / n
+    return out
+
+
+def nmi(embeddings: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Sequence[int],
+        seed: int = 0) -> float:
+    """Normalised mutual information between the labels and a seeded k-means (k = number of classes).
+
+    k-means runs through faiss (20 iterations, the faiss and PML default) on the L2-normalised
+    embeddings, the space retrieval is scored in.
+    """
+    # Imported here: only NMI needs them, and the trainer's per-epoch Recall@K should not load
+    # faiss's own OpenMP/BLAS or scikit-learn.
+    import faiss
+    from sklearn.metrics import normalized_mutual_info_score
+
+    cpu = torch.device("cpu")
+    x = _normalised(embeddings, "embeddings", cpu).numpy()
+    y = _class_ids(labels, len(x), "labels", cpu).numpy()
+    n_classes = len(np.unique(y))
+    # min_points_per_centroid=1: k = number of classes is fixed by the protocol, so faiss's
+    # "too few points per centroid" warning would only be noise.
+    kmeans = faiss.Kmeans(x.shape[1], n_classes, niter=20, seed=seed, min_points_per_centroid=1)
+    kmeans.train(x)
+    _, assigned = kmeans.index.search(x, 1)
+    return float(normalized_mutual_info_score(y, assigned[:, 0]))
