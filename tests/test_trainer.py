@@ -75,3 +75,25 @@ def test_validation_recall_rises_above_an_untrained_model_within_a_few_epochs_on
         trainer.train_epoch()
     after = trainer.evaluate(val, (1,))["recall@1"]
     assert np.isfinite(after) and after > before + 0.1, (before, after)
+
+
+@pytest.mark.parametrize("loss", sorted(__import__("trainables.losses", fromlist=["LOSSES"]).LOSSES))
+def test_every_registered_loss_trains_an_epoch_with_its_paper_defaults(loss: str, blobs) -> None:
+    from spaces import OptimiserDefaults, default_config
+
+    cfg = TrainConfig.from_params(loss, default_config(loss, OptimiserDefaults()), epochs=1, batch_size=16,
+                                  embedding_size=8)
+    trainer = Trainer(cfg, blobs.subset(blobs.train_classes, train=True))
+    assert np.isfinite(trainer.train_epoch())
+    assert trainer.epoch == 1
+
+
+def test_pd_class_mean_start_puts_proxies_on_class_means_once(blobs) -> None:
+    from spaces import OptimiserDefaults, default_config
+
+    params = default_config("pd", OptimiserDefaults()) | {"proxy_init": "class_mean"}
+    trainer = Trainer(TrainConfig.from_params("pd", params, epochs=1, batch_size=16, embedding_size=8),
+                      blobs.subset(blobs.train_classes, train=True))
+    assert trainer.loss.needs_proxy_init
+    trainer.train_epoch()
+    assert not trainer.loss.needs_proxy_init

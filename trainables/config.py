@@ -56,6 +56,12 @@ class TrainConfig:
         return optim | dict(self.loss_params)
 
 
+def fixed_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """TrainConfig fields the search does not vary, from the resolved command line (search.resolve)."""
+    return {"batch_size": cfg["batch_size"], "embedding_size": cfg["embedding_size"],
+            "backbone": cfg["backbone"], "seed": cfg["seed"]}
+
+
 def config_hash(payload: Mapping[str, Any]) -> str:
     """A short stable hash of a config (sorted JSON), used to name and match results."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -120,6 +120,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 class ProgressLines(tune.Callback):
     """One readable line per trial event, instead of Ray's wide status table."""
 
@@ -133,7 +137,7 @@ class ProgressLines(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.started += 1
-        params = ", ".join(f"{k}={v:.3g}" for k, v in sorted(trial.config.items()))
+        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.config.items()))
         self.echo(f"[{self.started}/{self.total}] {self._name(trial)} started: {params}")
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

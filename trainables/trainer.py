@@ -70,6 +70,11 @@ class Trainer:
 
     def train_epoch(self) -> float:
         """One pass over the training items; returns the mean loss. Raises DivergedError on NaN/inf."""
+        if getattr(self.loss, "needs_proxy_init", False):
+            # Proxies start at their class's mean embedding (PD-Loss option). Here, not in
+            # __init__: the loss checkpoints whether it was done, so a resumed run does not redo it.
+            embeddings, labels = self.embed(self.train_set)
+            self.loss.init_proxies_from(embeddings, torch.as_tensor(np.searchsorted(self.classes, labels)))
         self.model.train()
         total, count = 0.0, 0
         for x, y in self._batches():

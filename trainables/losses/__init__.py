@@ -3,66 +3,53 @@
 Every loss is called as `loss(embeddings, labels)` with labels in [0, num_classes); losses that
 mine pairs carry their miner inside. A loss's own parameters (proxies, centres) are the
 module's `parameters()`: the trainer gives them their own optimiser group and learning rate.
-Hyperparameter names are the papers' (see spaces/): `margin`, `alpha`, `beta`, `scale`, `gamma`,
-`tau`, `epsilon`.
+Hyperparameter names are the papers' (see spaces/ and each module's docstring):
+
+| name           | module              | hyperparameters                    | parameters        | source     |
+| -------------- | ------------------- | ---------------------------------- | ----------------- | ---------- |
+| `proxy_anchor` | proxy_anchor.py     | margin, alpha (+ proxy_init)       | proxies (C×D)     | PML        |
+| `proxy_nca`    | proxy_nca.py        | scale (+ proxy_init)               | proxies (C×D)     | ours, Eq. 2|
+| `softtriple`   | softtriple.py       | margin, scale, gamma, tau          | fc (D×C·K)        | ours       |
+| `ms`           | multi_similarity.py | margin, alpha, beta, epsilon       | —                 | ours       |
+| `contrastive`  | pairs.py            | margin                             | —                 | PML        |
+| `triplet`      | pairs.py            | margin (+ mining, fixed semihard)  | —                 | PML        |
+| `pd`           | pd.py               | proxy_init                         | proxies (C×D)     | ours       |
+
+Losses with `init_proxies_from` (proxy_anchor, proxy_nca, pd) accept proxy_init="class_mean";
+their `needs_proxy_init` is then True until the trainer calls
+`loss.init_proxies_from(embeddings, targets)` with the embedded training set.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import torch
-from pytorch_metric_learning import losses, miners, regularizers
 from torch import nn
 
+from trainables.losses.base import PROXY_INITS, MinedLoss, ProxyInitMixin
+from trainables.losses.multi_similarity import MultiSimilarity, multi_similarity
+from trainables.losses.pairs import contrastive, triplet
+from trainables.losses.pd import PDLoss, pd
+from trainables.losses.proxy_anchor import ProxyAnchor, proxy_anchor
+from trainables.losses.proxy_nca import ProxyNCA, proxy_nca
+from trainables.losses.softtriple import SoftTriple, softtriple
 
-class MinedLoss(nn.Module):
-    """A pair loss preceded by its miner, so callers see one `loss(embeddings, labels)`."""
-
-    def __init__(self, loss: nn.Module, miner: nn.Module) -> None:
-        super().__init__()
-        self.loss, self.miner = loss, miner
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.loss(embeddings, labels, self.miner(embeddings, labels))
-
-
-def proxy_anchor(num_classes: int, embedding_size: int, *, margin: float, alpha: float) -> nn.Module:
-    """Proxy-Anchor (Kim et al. 2020, Eq. 4): PML's ProxyAnchorLoss equals it (DESIGN §5)."""
-    return losses.ProxyAnchorLoss(num_classes, embedding_size, margin=margin, alpha=alpha)
-
-
-def softtriple(num_classes: int, embedding_size: int, *, margin: float, scale: float, gamma: float,
-               tau: float, centers_per_class: int = 10) -> nn.Module:
-    """SoftTriple (Qian et al. 2019) with the paper's symbols: δ=margin, λ=scale, γ=gamma, τ=tau.
-
-    PML's `gamma` argument is the paper's γ (it stores 1/γ internally). τ weighs the centre
-    regulariser, which PML only applies when given a SparseCentersRegularizer.
-    """
-    reg = {}
-    if tau > 0:
-        reg = {"weight_regularizer": regularizers.SparseCentersRegularizer(num_classes, centers_per_class),
-               "weight_reg_weight": tau}
-    return losses.SoftTripleLoss(num_classes, embedding_size, centers_per_class=centers_per_class,
-                                 la=scale, gamma=gamma, margin=margin, **reg)
-
-
-def multi_similarity(num_classes: int, embedding_size: int, *, margin: float, alpha: float, beta: float,
-                     epsilon: float) -> nn.Module:
-    """Multi-Similarity (Wang et al. 2019): λ=margin (PML `base`), with its ε pair miner."""
-    return MinedLoss(losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=margin),
-                     miners.MultiSimilarityMiner(epsilon=epsilon))
-
+__all__ = ["LOSSES", "PROXY_INITS", "LossFactory", "MinedLoss", "MultiSimilarity", "PDLoss", "ProxyAnchor",
+           "ProxyInitMixin", "ProxyNCA", "SoftTriple", "build_loss"]
 
 LossFactory = Callable[..., nn.Module]
 
 LOSSES: dict[str, LossFactory] = {
     "proxy_anchor": proxy_anchor,
+    "proxy_nca": proxy_nca,
     "softtriple": softtriple,
     "ms": multi_similarity,
+    "contrastive": contrastive,
+    "triplet": triplet,
+    "pd": pd,
 }
 
 
-def build_loss(name: str, num_classes: int, embedding_size: int, params: Mapping[str, float]) -> nn.Module:
+def build_loss(name: str, num_classes: int, embedding_size: int, params: Mapping[str, float | str]) -> nn.Module:
     """The named loss with these hyperparameters; unknown names or keys are errors, not ignored."""
     if name not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(LOSSES)}.")
