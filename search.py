@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -20,16 +21,20 @@ from typing import Any
 import pandas as pd
 
 from results import ledger, tables
-from results.final import print_final, print_recorded, retrain_and_test
+from results.final import AUTO, already_tested, default_top_k, print_final, print_recorded, retrain_and_test
 from results.provenance import code_revision, versions
 from spaces import SPACES, OptimiserDefaults, default_config, define_by_run
-from trainables.config import fixed_fields
+from trainables.config import LR_SCHEDULES, RECIPE_FIELDS, fixed_fields
 from trainables.data import DATASETS, build_dataset, recipe
 from trainables.data.base import DMLDataset
-from trainables.data.splits import ClassSplit, fixed_split
+from trainables.data.splits import ClassSplit, fixed_split, kfold_splits
 from trainables.losses import LOSSES
+from trainables.models import PRETRAINED_WEIGHTS, fetch_pretrained
 
 LOSS_CHOICES = sorted(set(LOSSES) & set(SPACES))
+PROTOCOLS = ("fixed", "kfold")
+FOLDS = 10  # the thesis's 10-fold cross-validation (DESIGN §4)
+SEARCH_FOLDS = 3  # folds per trial during the search: 3 models per config, not 10
 
 
 def _positive_int(text: str) -> int:
@@ -46,10 +51,33 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _final_epochs(text: str) -> int | str:
+    if text == AUTO:
+        return text
+    try:
+        return _positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {AUTO} or a whole number of at least 1, but got {text}") from None
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, but got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 0 or more, but got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be greater than 0 and at most 1, but got {value}")
     return value
 
 
@@ -64,17 +92,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs", type=_positive_int, default=10, help="search budget per trial (ASHA max_t)")
     p.add_argument("--grace-period", type=_positive_int, default=1, help="ASHA: epochs before a trial may be stopped")
     p.add_argument("--reduction-factor", type=_positive_int, default=3, help="ASHA: keep 1/this of trials per rung")
-    p.add_argument("--final-epochs", type=_positive_int, help="retrain epochs (default: --max-epochs)")
-    p.add_argument("--top-k", type=_positive_int, default=1, help="configs to retrain and test")
+    p.add_argument("--final-epochs", type=_final_epochs, default=AUTO,
+                   help="retrain epochs, or auto: each config's best validation epoch in the search")
+    p.add_argument("--top-k", type=_positive_int, help="configs to retrain and test (default: 1 on glyphs, 3 else)")
     p.add_argument("--seeds", type=_positive_int, default=1, help="retrain seeds per config")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of training classes held out")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="fixed",
+                   help="validation classes: one seeded random --val-fraction, or --folds folds of them")
+    p.add_argument("--folds", type=_positive_int, help=f"kfold: K folds of the training classes (default {FOLDS})")
+    p.add_argument("--search-folds", type=_positive_int,
+                   help=f"kfold: the first N folds each trial trains and is scored on, one model per fold, "
+                        f"score = mean validation R@1 (default {SEARCH_FOLDS}: all K would cost K times a fixed split)")
     p.add_argument("--batch-size", type=_positive_int, help="default per dataset")
     p.add_argument("--backbone", help="default per dataset")
     p.add_argument("--image-size", type=_positive_int, help="default per dataset")
     p.add_argument("--embedding-size", type=_positive_int, help="default per dataset")
+    p.add_argument("--pretrained", action="store_true",
+                   help="start the backbone from torchvision's ImageNet weights (downloaded once, before the trials)")
+    p.add_argument("--warmup-epochs", type=_non_negative_int,
+                   help="first epochs train only the embedding layer and the loss's parameters (default per dataset)")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction,
+                   help="keep the backbone's BatchNorm statistics and affine parameters fixed (default per dataset)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-epoch lr schedule (default per dataset)")
+    p.add_argument("--lr-step", type=_positive_int, help="step schedule: epochs between lr drops (default per dataset)")
+    p.add_argument("--lr-gamma", type=_fraction, help="step schedule: lr factor at each drop (default per dataset)")
+    p.add_argument("--grad-clip", type=_non_negative_float, default=10.0,
+                   help="clip each gradient element to +-this (Proxy-Anchor's recipe); 0 disables")
+    p.add_argument("--m-per-class", type=_non_negative_int,
+                   help="images per class in a batch, 0 uniform (default: 4 for pair losses, 0 for proxy losses)")
+    p.add_argument("--workers", type=_non_negative_int,
+                   help="DataLoader processes per trial decoding image files (default: --cpus-per-trial minus one)")
     p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0)
     p.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0, help="fractions pack trials on a GPU")
     p.add_argument("--address", help="Ray address (e.g. auto); default starts a local Ray")
+    p.add_argument("--storage-path", help="trial checkpoints: a directory every node mounts, or an s3:// / gs:// "
+                   "URI (needed on a multi-node cluster; default: the run directory's ray/)")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard, on 127.0.0.1 only (local Ray)")
     p.add_argument("--seed", type=int, default=0, help="master seed: splits, proposals and training")
     p.add_argument("--out", type=Path, help="run directory (default runs/<loss>-<dataset>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -89,15 +142,34 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse bad input before anything is computed, naming the problem and the fix."""
     if not 0 < args.val_fraction < 1:
         raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), but got {args.val_fraction}.")
-    if args.top_k > args.trials:
+    if args.top_k is not None and args.top_k > args.trials:
         raise UsageError(f"--top-k {args.top_k} exceeds --trials {args.trials}: there are not that many configs.")
     if args.grace_period > args.max_epochs:
         raise UsageError(f"--grace-period {args.grace_period} exceeds --max-epochs {args.max_epochs}.")
+    batch_size = args.batch_size or recipe(args.dataset).batch_size
+    if args.m_per_class is not None and args.m_per_class > batch_size:
+        raise UsageError(f"--m-per-class {args.m_per_class} exceeds the batch size {batch_size}; "
+                         "lower it or raise --batch-size.")
+    backbone = args.backbone or recipe(args.dataset).backbone
+    if args.pretrained and backbone not in PRETRAINED_WEIGHTS:
+        raise UsageError(f"--pretrained: backbone {backbone} has no ImageNet weights; choose --backbone from "
+                         f"{sorted(PRETRAINED_WEIGHTS)} or drop --pretrained.")
     if recipe(args.dataset).needs_root:
         if not args.data_root:
             raise UsageError(f"--dataset {args.dataset} is read from disk: give --data-root PATH.")
         if not Path(args.data_root).expanduser().is_dir():
             raise UsageError(f"--data-root {args.data_root} is not a directory.")
+    if args.protocol == "fixed" and (args.folds or args.search_folds):
+        raise UsageError("--folds and --search-folds belong to --protocol kfold: add it, or drop them.")
+    folds, searched = fold_counts(args)
+    if args.protocol == "kfold" and folds < 2:
+        raise UsageError(f"--folds must be at least 2 for k-fold validation, but got {folds}.")
+    if searched > folds:
+        raise UsageError(f"--search-folds {searched} exceeds --folds {folds}.")
+    if args.resume and not (args.out / "config.json").exists():
+        raise UsageError(f"--resume: {args.out} holds no run to continue (no config.json); give --out the "
+                         "directory of the interrupted run.")
+    check_execution(args)
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -110,71 +182,126 @@ def check_args(args: argparse.Namespace) -> None:
                          "or choose a new --out.")
 
 
+def fold_counts(args: argparse.Namespace) -> tuple[int, int]:
+    """(K folds, folds a trial searches on); (1, 1) for the fixed split."""
+    if args.protocol != "kfold":
+        return 1, 1
+    folds = args.folds or FOLDS
+    return folds, args.search_folds or min(SEARCH_FOLDS, folds)
+
+
+def check_execution(args: argparse.Namespace) -> None:
+    """Refuse, before any work, resources and places Ray could never run the trials with."""
+    gpus = args.gpus_per_trial
+    if gpus > 1 and not gpus.is_integer():
+        raise UsageError(f"--gpus-per-trial {gpus:g}: Ray packs fractions of one GPU; give a fraction below 1 "
+                         "or a whole number of GPUs.")
+    if args.dashboard and args.address:
+        raise UsageError("--dashboard starts the dashboard of a local Ray; a cluster has its own "
+                         "(ray dashboard cluster.yaml forwards it). Drop one of --dashboard and --address.")
+    if not args.address:
+        cpus = os.cpu_count() or 1
+        if args.cpus_per_trial > cpus:
+            raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g} exceeds this machine's {cpus} CPUs: no "
+                             "trial could start. Lower it, or run on a cluster with --address.")
+        if gpus > 0:
+            import torch
+
+            local = torch.cuda.device_count()
+            if gpus > local:
+                raise UsageError(f"--gpus-per-trial {gpus:g} but this machine has {local} CUDA GPUs: no trial "
+                                 "could start. Use --gpus-per-trial 0, or run on a GPU cluster with --address.")
+    if args.address or args.storage_path or args.dashboard:
+        from trainables import ray_tune
+
+        try:
+            if args.storage_path:
+                ray_tune.check_storage_path(args.storage_path)
+            if args.dashboard:
+                ray_tune.check_dashboard()
+            if args.address:
+                ray_tune.check_address(args.address)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+
 def resolve(args: argparse.Namespace) -> dict[str, Any]:
     """Fill per-dataset defaults into the command line: this is what config.json records."""
     rec = recipe(args.dataset)
     resolved = vars(args) | {
         "backbone": args.backbone or rec.backbone, "image_size": args.image_size or rec.image_size,
         "embedding_size": args.embedding_size or rec.embedding_size, "batch_size": args.batch_size or rec.batch_size,
-        "final_epochs": args.final_epochs or args.max_epochs, "lr": rec.lr, "ks": list(rec.ks),
-        "out": str(args.out), "protocol": "fixed",
+        "top_k": args.top_k or default_top_k(args.dataset, args.trials), "lr": rec.lr, "ks": list(rec.ks),
+        "out": str(args.out),
     }
+    if args.protocol == "kfold":
+        resolved["folds"], resolved["search_folds"] = fold_counts(args)
+    for name in RECIPE_FIELDS:  # the dataset's training recipe where no flag was given (0 and False are flags)
+        if resolved[name] is None:
+            resolved[name] = getattr(rec, name)
+    if resolved["workers"] is None:
+        resolved["workers"] = max(0, int(args.cpus_per_trial) - 1)  # the trial's other CPUs decode images
     return resolved
 
 
-def search_stage(run_dir: Path, cfg: dict[str, Any], split: ClassSplit, echo: Any) -> pd.DataFrame:
-    """Run (or finish) the study and write trials.parquet; the test classes are never opened."""
-    from trainables.ray_tune import SearchSettings, TrialSetup, init_ray, run_search
+def search_stage(run_dir: Path, cfg: dict[str, Any], folds: list[ClassSplit], echo: Any) -> pd.DataFrame:
+    """Run (or finish) the study and write trials.parquet; the test classes are never opened.
+
+    A study an earlier driver left unfinished is continued (ray_tune.run_search): its finished
+    trials are kept, interrupted ones continue from their last checkpoint, the rest are new.
+    """
+    from trainables.ray_tune import SearchSettings, TrialSetup, run_search
 
     defaults = OptimiserDefaults(lr=cfg["lr"])
+    searched = folds[:cfg.get("search_folds", 1)]
     setup = TrialSetup(loss=cfg["loss"], dataset=cfg["dataset"], data_root=cfg["data_root"],
-                       image_size=cfg["image_size"], fit_classes=split.fit, val_classes=split.val,
-                       ks=tuple(cfg["ks"]), fixed=fixed_fields(cfg) | {"epochs": cfg["max_epochs"]},
+                       image_size=cfg["image_size"], folds=tuple(searched), ks=tuple(cfg["ks"]),
+                       fixed=fixed_fields(cfg) | {"epochs": cfg["max_epochs"]},
                        threads=max(1, int(cfg["cpus_per_trial"])))
-    done = 0
-    if (run_dir / "study.db").exists():
-        done = finished_trials(run_dir)
-    remaining = cfg["trials"] - done
-    if remaining > 0:
-        init_ray(cfg["address"])
-        settings = SearchSettings(trials=remaining, max_epochs=cfg["max_epochs"], grace_period=cfg["grace_period"],
-                                  reduction_factor=cfg["reduction_factor"], cpus_per_trial=cfg["cpus_per_trial"],
-                                  gpus_per_trial=cfg["gpus_per_trial"], seed=cfg["seed"] + done)
-        first = [default_config(cfg["loss"], defaults)] if done == 0 else []
-        echo(f"search: {remaining} trials of {cfg['loss']} (first: the paper's defaults), "
-             f"up to {cfg['max_epochs']} epochs each, ASHA grace {cfg['grace_period']}, "
-             f"reduction {cfg['reduction_factor']}")
-        run_search(run_dir, setup, define_by_run(cfg["loss"], defaults), first, settings, echo)
+    settings = SearchSettings(trials=cfg["trials"], max_epochs=cfg["max_epochs"], grace_period=cfg["grace_period"],
+                              reduction_factor=cfg["reduction_factor"], cpus_per_trial=cfg["cpus_per_trial"],
+                              gpus_per_trial=cfg["gpus_per_trial"], seed=cfg["seed"],
+                              storage_path=cfg["storage_path"], address=cfg["address"], dashboard=cfg["dashboard"])
+    scored = f"mean validation R@1 over {len(searched)} of {len(folds)} folds" if len(folds) > 1 else "validation R@1"
+    echo(f"search: {cfg['trials']} trials of {cfg['loss']} (first: the paper's defaults), "
+         f"up to {cfg['max_epochs']} epochs each, scored by {scored}, ASHA grace {cfg['grace_period']}, "
+         f"reduction {cfg['reduction_factor']}")
+    run_search(run_dir, setup, define_by_run(cfg["loss"], defaults), [default_config(cfg["loss"], defaults)],
+               settings, echo)
     trials = tables.trials_frame(tables.load_study(run_dir), cfg["max_epochs"])
     tables.write(trials, run_dir / "trials.parquet")
     return trials
 
 
-def finished_trials(run_dir: Path) -> int:
-    """Trials an interrupted study already finished; trials it left running are marked failed."""
-    import optuna
-
-    study = tables.load_study(run_dir)
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-
-
 def run(args: argparse.Namespace, argv: list[str], echo: Any = print) -> int:
+    from results.report import REPORT_NAME, write_report  # matplotlib: loaded when a run gets this far, not for --help
+
     run_dir: Path = args.out
     recorded = ledger.read(run_dir / ledger.LEDGER_NAME)
-    if recorded:
+    if recorded and not args.resume:
+        raise already_tested(run_dir / ledger.LEDGER_NAME, recorded)
+    if recorded:  # --resume of a finished run: show what stands
         print_recorded(run_dir, recorded, echo)
+        if not (run_dir / REPORT_NAME).exists():
+            echo(f"report: {write_report(run_dir)}")
         return 0
     cfg = resolve(args) | {"argv": argv}
+    if cfg["pretrained"]:  # downloaded here, once, so parallel trials read the cache instead of racing for it
+        cfg["pretrained_weights"] = fetch_pretrained(cfg["backbone"])
+    elif cfg["warmup_epochs"] or cfg["freeze_bn"]:
+        echo(f"note: warm-up and frozen BatchNorm are meant for a pretrained backbone, but {cfg['backbone']} "
+             "starts from random weights: add --pretrained, or --warmup-epochs 0 --no-freeze-bn")
     started = time.perf_counter()
     dataset = build_dataset(cfg["dataset"], cfg["data_root"], cfg["image_size"])
-    split = fixed_split(dataset.train_classes, cfg["val_fraction"], cfg["seed"])
-    echo(f"dmltune: {cfg['loss']} on {cfg['dataset']}: {len(split.fit)} fit / {len(split.val)} validation "
-         f"classes (seed {cfg['seed']}), {len(dataset.test_classes)} test classes kept closed until the end")
-    write_config(run_dir, cfg, dataset, split)
+    folds = validation_splits(dataset, cfg)
+    split = folds[0]  # what the retrain needs: its fit + val classes are all the training classes
+    held_out = (f"{len(split.fit)} fit / {len(split.val)} validation classes" if len(folds) == 1 else
+                f"{len(folds)} folds of ~{len(split.val)} validation classes ({cfg['search_folds']} searched)")
+    echo(f"dmltune: {cfg['loss']} on {cfg['dataset']}: {held_out} (seed {cfg['seed']}), "
+         f"{len(dataset.test_classes)} test classes kept closed until the end")
+    write_config(run_dir, cfg, dataset, folds)
 
-    trials = search_stage(run_dir, cfg, split, echo)
+    trials = search_stage(run_dir, cfg, folds, echo)
     counts = trials["state"].value_counts().to_dict()
     echo(f"search done: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
          f"{int(trials['epochs'].sum())} trial-epochs")
@@ -184,22 +311,34 @@ def run(args: argparse.Namespace, argv: list[str], echo: Any = print) -> int:
     echo(f"\nbest of {len(trials)} trials by validation Recall@1, retrained on all {len(split.fit) + len(split.val)} "
          f"training classes, tested once on {len(dataset.test_classes)} test classes (Recall in %):")
     print_final(final, cfg["ks"], echo)
-    echo(f"\nrun directory: {run_dir}  (config.json, study.db, trials.parquet, final.parquet, "
+    echo(f"\nreport: {write_report(run_dir)}")
+    echo(f"run directory: {run_dir}  (config.json, study.db, trials.parquet, final.parquet, "
          f"test_ledger.jsonl, ray/)  in {time.perf_counter() - started:.0f}s")
     return 0
 
 
-def write_config(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, split: ClassSplit) -> None:
+def validation_splits(dataset: DMLDataset, cfg: dict[str, Any]) -> list[ClassSplit]:
+    """The fixed split, or all K folds (the search trains on the first --search-folds of them)."""
+    if cfg["protocol"] != "kfold":
+        return [fixed_split(dataset.train_classes, cfg["val_fraction"], cfg["seed"])]
+    try:
+        return kfold_splits(dataset.train_classes, cfg["folds"], cfg["seed"])
+    except ValueError as err:
+        raise UsageError(f"--folds {cfg['folds']} does not fit {cfg['dataset']}: {err}") from None
+
+
+def write_config(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds: list[ClassSplit]) -> None:
     """config.json: the resolved command line, versions, dataset fingerprint and every split's class ids."""
     path = run_dir / "config.json"
+    split = folds[0].to_dict() if len(folds) == 1 else {"folds": [f.to_dict() for f in folds]}
     payload = {"command": cfg, "versions": versions(), "code": code_revision(),
                "dataset": dataset.fingerprint(),
-               "split": split.to_dict() | {"test": [int(c) for c in dataset.test_classes]}}
+               "split": split | {"test": [int(c) for c in dataset.test_classes]}}
     if path.exists():
         before = json.loads(path.read_text())
         if before["split"] != payload["split"] or before["dataset"] != payload["dataset"]:
-            raise UsageError(f"{path} was written for other data or splits; --resume needs the same "
-                             "--dataset, --data-root, --seed and --val-fraction.")
+            raise UsageError(f"{path} was written for other data or splits; --resume needs the same --dataset, "
+                             "--data-root, --seed, --protocol, --folds and --val-fraction.")
         return
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
 

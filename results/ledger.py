@@ -20,12 +20,14 @@ LEDGER_NAME = "test_ledger.jsonl"
 class TestAlreadyRecorded(RuntimeError):
     """A second look at the test set of a study that already has its result."""
 
-    def __init__(self, path: Path, entries: list[dict[str, Any]]) -> None:
+    def __init__(self, path: Path, entries: list[dict[str, Any]], recorded: str = "") -> None:
         self.path, self.entries = path, entries
+        first = entries[0].get("time", "an earlier run")
         super().__init__(
-            f"The test set of this study was already evaluated ({len(entries)} entries in {path}). "
+            f"The test set of this study was already evaluated on {first} ({len(entries)} entries in {path}). "
             "A second look would let the test set influence choices, which is the leak dmltune exists "
-            "to prevent. The recorded result stands; start a new study (a new --out) to test a new choice."
+            "to prevent. The recorded result stands (--resume prints it); start a new study (a new --out) "
+            "to test a new choice." + (f"\nRecorded result (Recall in %):\n{recorded}" if recorded else "")
         )
 
 
@@ -49,9 +51,9 @@ def locked(path: Path) -> Iterator[list[dict[str, Any]]]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def append(path: Path, entry: dict[str, Any]) -> None:
-    """Append one entry durably; call while holding `locked(path)`."""
+def append(path: Path, *entries: dict[str, Any]) -> None:
+    """Append entries durably in one write; call while holding `locked(path)`."""
     with path.open("a") as f:
-        f.write(json.dumps(entry, sort_keys=True) + "\n")
+        f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
         f.flush()
         os.fsync(f.fileno())

@@ -31,6 +31,8 @@ def trials_frame(study: optuna.Study, max_epochs: int) -> pd.DataFrame:
             "number": t.number,
             "ray_trial_id": t.user_attrs.get(RAY_TRIAL_ID_ATTR),
             "state": STATES.get(t.state, t.state.name.lower()),
+            # Why a trial whose loss turned NaN/inf ended (the trainer's message; ray_tune.DIVERGED), else None.
+            "diverged": t.user_attrs.get("diverged"),
             "epochs": len(curve),
             "full_budget": len(curve) >= max_epochs,
             f"best_{SELECTION_METRIC}": max(curve) if curve else None,
@@ -51,10 +53,11 @@ def select_top(trials: pd.DataFrame, k: int) -> pd.DataFrame:
     """The k best trials by validation Recall@1, trials that ran the full budget first.
 
     A pruned trial never showed how it does at the full schedule, so it is retrained only when
-    fewer than k trials reached it. Failed trials are never selected.
+    fewer than k trials reached it. Failed trials, and trials whose loss diverged within the search
+    budget (their retrain would too), are never selected.
     """
     best = f"best_{SELECTION_METRIC}"
-    usable = trials[trials["state"].isin(["complete", "pruned"]) & trials[best].notna()]
+    usable = trials[trials["state"].isin(["complete", "pruned"]) & trials[best].notna() & trials["diverged"].isna()]
     if usable.empty:
         raise RuntimeError("No trial produced a validation score: every trial failed. "
                            "See the trial logs under the run directory's ray/ folder.")

@@ -5,9 +5,17 @@ import numpy as np
 import pytest
 import torch
 
+from trainables import metrics
 from trainables.metrics import ks_for, nmi, retrieval_metrics
 
 KS = (1, 2, 3, 4, 8, 1000)  # 3 exceeds the smallest class's R; 1000 exceeds N - 1
+
+
+@pytest.fixture(params=[128, 3], ids=["block128", "block3"])
+def block(request, monkeypatch) -> int:
+    """Also run with tiny column blocks, so the top-R search must pick among many blocks."""
+    monkeypatch.setattr(metrics, "_BLOCK", request.param)
+    return request.param
 
 
 def reference(q: np.ndarray, q_labels: np.ndarray, ks, g: np.ndarray | None = None,
@@ -74,14 +82,14 @@ def tied_set(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("chunk_size", [None, 1, 7, 1000])
 @pytest.mark.parametrize("make", [gaussian_set, tied_set])
-def test_matches_brute_force_without_gallery(make, chunk_size) -> None:
+def test_matches_brute_force_without_gallery(make, chunk_size, block) -> None:
     x, labels = make()
     assert_matches(retrieval_metrics(x, labels, KS, chunk_size=chunk_size), reference(x, labels, KS))
 
 
 @pytest.mark.parametrize("chunk_size", [None, 7])
 @pytest.mark.parametrize("make", [gaussian_set, tied_set])
-def test_matches_brute_force_with_gallery(make, chunk_size) -> None:
+def test_matches_brute_force_with_gallery(make, chunk_size, block) -> None:
     x, labels = make(1)
     g, g_labels = make(2)
     q, q_labels = x[:40].copy(), labels[:40].copy()

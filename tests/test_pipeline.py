@@ -22,7 +22,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_run_directory_has_every_artefact(run_dir) -> None:
-    for name in ("config.json", "study.db", "trials.parquet", "final.parquet", "test_ledger.jsonl", "ray"):
+    for name in ("config.json", "study.db", "trials.parquet", "final.parquet", "test_ledger.jsonl", "report.html",
+                 "ray"):
         assert (run_dir / name).exists(), name
 
 
@@ -60,8 +61,19 @@ def test_final_and_ledger_hold_one_test_evaluation(run_dir) -> None:
     assert set(entries[0]["split"]["test"]) == set(json.loads((run_dir / "config.json").read_text())["split"]["test"])
 
 
-def test_a_second_run_on_the_same_out_does_not_test_again(run_dir, capsys) -> None:
+def test_a_second_test_of_a_finished_run_is_refused_showing_the_recorded_result(run_dir, capsys) -> None:
     before = (run_dir / ledger.LEDGER_NAME).read_text()
-    assert search.main(["--loss", "proxy_anchor", "--out", str(run_dir)]) == 0
+    assert search.main(["--loss", "proxy_anchor", "--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    recorded = 100 * ledger.read(run_dir / ledger.LEDGER_NAME)[0]["metrics"]["recall@1"]
+    assert "already evaluated" in err and "second look" in err and f"{recorded:.2f}" in err
     assert (run_dir / ledger.LEDGER_NAME).read_text() == before
-    assert "already tested" in capsys.readouterr().out
+
+
+def test_resume_of_a_finished_run_prints_the_recorded_result(run_dir, capsys) -> None:
+    before = (run_dir / ledger.LEDGER_NAME).read_text()
+    assert search.main(["--loss", "proxy_anchor", "--resume", "--out", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    recorded = 100 * ledger.read(run_dir / ledger.LEDGER_NAME)[0]["metrics"]["recall@1"]
+    assert "not testing again" in out and f"{recorded:.2f}" in out
+    assert (run_dir / ledger.LEDGER_NAME).read_text() == before

@@ -3,26 +3,25 @@ from __future__ import annotations
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune.result import TRAINING_ITERATION
 
 from spaces import OptimiserDefaults, default_config, define_by_run
 from trainables.config import SELECTION_METRIC
-from trainables.ray_tune import PruningAwareOptunaSearch, tpe_sampler
+from trainables.ray_tune import EPOCH, PruningAwareOptunaSearch, tpe_sampler
 
 
 def _searcher(tmp_path, max_t: int = 4) -> PruningAwareOptunaSearch:
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
     return PruningAwareOptunaSearch(space=define_by_run("softtriple", OptimiserDefaults()), metric=SELECTION_METRIC,
                                     mode="max", sampler=tpe_sampler(8, 0), study_name="dmltune", storage=storage,
-                                    max_t=max_t)
+                                    max_t=max_t, checkpoint_root=str(tmp_path / "ray"))
 
 
 def _run(searcher, trial_id: str, values: list[float]) -> None:
     """Ray's order: every result but the last goes to on_trial_result, the last only to on_trial_complete."""
     searcher.suggest(trial_id)
     for step, v in enumerate(values[:-1], start=1):
-        searcher.on_trial_result(trial_id, {SELECTION_METRIC: v, TRAINING_ITERATION: step})
-    searcher.on_trial_complete(trial_id, {SELECTION_METRIC: values[-1], TRAINING_ITERATION: len(values)})
+        searcher.on_trial_result(trial_id, {SELECTION_METRIC: v, EPOCH: step})
+    searcher.on_trial_complete(trial_id, {SELECTION_METRIC: values[-1], EPOCH: len(values)})
 
 
 def test_stopped_trial_is_pruned_full_trial_is_complete_and_both_are_in_study_db(tmp_path) -> None:

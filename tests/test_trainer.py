@@ -22,22 +22,31 @@ def test_loss_parameters_get_their_own_optimiser_group_and_lr(blobs) -> None:
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in trainer.loss.parameters()}
 
 
-def test_resuming_from_a_checkpoint_gives_the_same_weights_as_training_straight_through(blobs, tmp_path) -> None:
+# The second resumes in the epoch where the warm-up ends and the lr first drops, with BatchNorm frozen.
+@pytest.mark.parametrize("recipe", [{}, {"warmup_epochs": 1, "lr_schedule": "step", "lr_step": 1, "freeze_bn": True}],
+                         ids=["plain", "across-warmup-and-lr-step"])
+def test_resuming_from_a_checkpoint_gives_the_same_weights_as_training_straight_through(recipe, blobs,
+                                                                                          tmp_path) -> None:
     torch.set_num_threads(1)
     data = blobs.subset(blobs.train_classes, train=True)
-    straight = Trainer(_cfg(), data)
+    straight = Trainer(_cfg(**recipe), data)
     for _ in range(2):
         straight.train_epoch()
-    first = Trainer(_cfg(), data)
+    first = Trainer(_cfg(**recipe), data)
     first.train_epoch()
     first.save(tmp_path / "ckpt.pt")
-    resumed = Trainer(_cfg(), data)
+    resumed = Trainer(_cfg(**recipe), data)
     resumed.load(tmp_path / "ckpt.pt")
     assert resumed.epoch == 1
     resumed.train_epoch()
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
     assert torch.equal(straight.loss.fc, resumed.loss.fc)
+    for g_straight, g_resumed in zip(straight.optimizer.param_groups, resumed.optimizer.param_groups):
+        assert g_straight["lr"] == g_resumed["lr"]
+        for p, q in zip(g_straight["params"], g_resumed["params"]):
+            a, b = straight.optimizer.state[p], resumed.optimizer.state[q]
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_checkpoint_of_another_config_is_refused(blobs, tmp_path) -> None:
@@ -45,6 +54,12 @@ def test_a_checkpoint_of_another_config_is_refused(blobs, tmp_path) -> None:
     Trainer(_cfg(), data).save(tmp_path / "ckpt.pt")
     with pytest.raises(ValueError, match="another|not this trainer"):
         Trainer(_cfg(lr=2e-3), data).load(tmp_path / "ckpt.pt")
+
+
+def test_a_checkpoint_resumes_with_other_data_loading_workers(blobs, tmp_path) -> None:
+    data = blobs.subset(blobs.train_classes, train=True)
+    Trainer(_cfg(num_workers=0), data).save(tmp_path / "ckpt.pt")
+    Trainer(_cfg(num_workers=2), data).load(tmp_path / "ckpt.pt")  # how it runs, not what it learns
 
 
 def test_config_round_trips_through_search_params() -> None:

@@ -9,6 +9,11 @@ from typing import Any
 
 # Keys of a search-space point that configure the optimiser; every other key is the loss's.
 OPTIMISER_KEYS = ("lr", "weight_decay", "proxy_lr")
+LR_SCHEDULES = ("none", "step", "cosine")
+# TrainConfig fields whose default is the dataset's recipe (DatasetRecipe has a field of each name).
+RECIPE_FIELDS = ("warmup_epochs", "freeze_bn", "lr_schedule", "lr_step", "lr_gamma")
+# Fields that say how a run executes, not what it learns: a checkpoint may resume under other values.
+RUNTIME_FIELDS = frozenset({"num_workers"})
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,15 @@ class TrainConfig:
     embedding_size: int = 64
     backbone: str = "glyphcnn"
     m_per_class: int | None = None  # samples per class in a batch; None: 4 for pair losses, 0 (uniform) for proxy losses
-    grad_clip: float = 10.0  # clip the gradient norm at this value (Proxy-Anchor's recipe), 0 disables
+    # Proxy-Anchor's train.py clips every gradient element (clip_grad_value_) of the model and the proxies at 10.
+    grad_clip: float = 10.0  # clip each gradient element to [-grad_clip, grad_clip], 0 disables
+    lr_schedule: str = "none"  # per-epoch lr: "step" (StepLR, the Proxy-Anchor recipe), "cosine" (to 0 at `epochs`)
+    lr_step: int = 10  # "step": multiply the lr by lr_gamma every lr_step epochs (Proxy-Anchor: 5-20)
+    lr_gamma: float = 0.5  # "step": the factor (Proxy-Anchor: 0.5 on CUB/Cars, 0.25 on SOP/In-Shop)
+    warmup_epochs: int = 0  # first epochs train only the embedding layer and the loss's parameters
+    freeze_bn: bool = False  # backbone BatchNorm layers keep ImageNet statistics and affine params (CUB/Cars)
+    pretrained: bool = False  # backbone starts from torchvision's ImageNet weights (else random init)
+    num_workers: int = 0  # DataLoader processes decoding image files; 0 decodes in the training process
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -33,10 +46,14 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip >= 0,
             "proxy_lr": self.proxy_lr is None or self.proxy_lr > 0,
             "m_per_class": self.m_per_class is None or 0 <= self.m_per_class <= self.batch_size,
+            "lr_step": self.lr_step >= 1, "lr_gamma": 0 < self.lr_gamma <= 1,
+            "warmup_epochs": self.warmup_epochs >= 0, "num_workers": self.num_workers >= 0,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"TrainConfig.{name} is out of range, but got {getattr(self, name)!r}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, but got {self.lr_schedule!r}.")
         # A frozen config must not share a mutable dict with its caller.
         object.__setattr__(self, "loss_params", dict(self.loss_params))
 
@@ -59,7 +76,14 @@ class TrainConfig:
 def fixed_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """TrainConfig fields the search does not vary, from the resolved command line (search.resolve)."""
     return {"batch_size": cfg["batch_size"], "embedding_size": cfg["embedding_size"],
-            "backbone": cfg["backbone"], "seed": cfg["seed"]}
+            "backbone": cfg["backbone"], "seed": cfg["seed"], "m_per_class": cfg["m_per_class"],
+            "grad_clip": cfg["grad_clip"], "pretrained": cfg["pretrained"], "num_workers": cfg["workers"],
+            **{k: cfg[k] for k in RECIPE_FIELDS}}
+
+
+def learned_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config (TrainConfig.to_dict()) without its runtime fields: what determines the trained weights."""
+    return {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
 
 
 def config_hash(payload: Mapping[str, Any]) -> str:

@@ -1,34 +1,63 @@
-"""The Ray Tune side: the trial function, a pruning-aware Optuna searcher, progress lines, the Tuner.
+"""The Ray Tune side: the trial function, a pruning-aware Optuna searcher, resumable ASHA, the Tuner.
 
 This is the only module that imports Ray. A trial is a thin loop over the shared Trainer:
-train one epoch, score the validation classes, checkpoint, `tune.report` (Ray's own
-examples' shape). Optuna proposes the configs (TPE, define-by-run space), ASHA stops weak
-trials at its rungs, and each stopped trial is told to Optuna as PRUNED (DESIGN §6).
+train one epoch (one model per validation fold), score the validation classes, checkpoint,
+`tune.report` (Ray's own examples' shape). Optuna proposes the configs (TPE, define-by-run
+space), ASHA stops weak trials at its rungs, and each stopped trial is told to Optuna as PRUNED
+(DESIGN §6).
+
+study.db is the record a restarted driver trusts (Ray's `Tuner.restore` brings back neither the
+searcher's view of trials finished after its last snapshot nor ASHA's rungs): every epoch's
+score and the path of that epoch's checkpoint go into the Optuna trial as they arrive, so
+`run_search` on an existing study keeps every finished trial, continues each interrupted one
+from its last checkpoint under its own trial number, and refills ASHA's rungs from the curves.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import socket
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import optuna
+import pyarrow.fs
+import ray
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from ray import tune
+from ray.train.constants import CHECKPOINT_DIR_NAME
 from ray.tune.experiment import Trial
-from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.config import RAY_TRIAL_ID_ATTR, SELECTION_METRIC, SELECTION_MODE, TrainConfig
 from trainables.data import build_dataset
+from trainables.data.splits import ClassSplit
 from trainables.trainer import DivergedError, Trainer
 
-CHECKPOINT_FILE = "trainer.pt"
+logger = logging.getLogger(__name__)
+
+STUDY_NAME = "dmltune"
+# The progress attribute ASHA and Optuna count in: the trainer's epoch. A trial continued from a
+# checkpoint in a new Ray trial keeps its epoch, while Ray's training_iteration starts again at 1.
+EPOCH = "epoch"
+# Result key and Optuna user attribute of a trial whose loss became NaN/inf: the trainer's message.
+DIVERGED = "diverged"
+# Optuna user attribute: where the trial's latest checkpoint is (a local path or a storage URI).
+CHECKPOINT_ATTR = "checkpoint"
+# Config key of a Ray trial that continues an interrupted study trial: {"trial": number[, "checkpoint": uri]}.
+RESUME_KEY = "resume"
+EXPERIMENT_DIR = "ray"
+PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"  # Tune's limit on trials waiting for an actor (a user's value wins)
 
 
 @dataclass(frozen=True)
@@ -39,85 +68,170 @@ class TrialSetup:
     dataset: str
     data_root: str | None
     image_size: int
-    fit_classes: tuple[int, ...]
-    val_classes: tuple[int, ...]
+    # One split (fixed protocol) or the k-fold splits the search uses: a trial trains one model per
+    # split and is scored by the mean over them.
+    folds: tuple[ClassSplit, ...]
     ks: tuple[int, ...]
     fixed: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields that are not searched
     threads: int = 1
 
 
+def fold_checkpoint(fold: int) -> str:
+    return f"fold-{fold}.pt"
+
+
+def trial_device(gpu_ids: Sequence[str], cuda_available: bool) -> str:
+    """cuda when Ray gave this trial a GPU (whole or a fraction) and torch can use it, else cpu.
+
+    Ray points CUDA_VISIBLE_DEVICES at the assigned GPU, so "cuda" is that GPU, shared by the trials
+    packed onto it. A trial given no GPU stays on the CPU even on a GPU node, leaving the GPUs to
+    the trials that reserved them.
+    """
+    if not gpu_ids:
+        return "cpu"
+    if not cuda_available:
+        logger.warning("Ray assigned GPU %s to this trial but torch sees no CUDA device (a CPU-only torch "
+                       "build, or GPUs a test only pretends); training on the CPU.", ",".join(gpu_ids))
+        return "cpu"
+    return "cuda"
+
+
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
-    """Train on the fit classes, report validation Recall@K after every epoch, checkpoint every epoch."""
+    """Train one model per fold; after every epoch checkpoint them all and report the fold-mean Recall@K."""
+    resume = config.get(RESUME_KEY, {})
+    params = {k: v for k, v in config.items() if k != RESUME_KEY}
     torch.set_num_threads(setup.threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    context = ray.get_runtime_context()
+    gpu_ids = context.get_accelerator_ids().get("GPU", [])
+    device = trial_device(gpu_ids, torch.cuda.is_available())
+    placement = {"node_id": context.get_node_id(), "gpu_ids": gpu_ids, "device": device}
     dataset = build_dataset(setup.dataset, setup.data_root, setup.image_size)
-    cfg = TrainConfig.from_params(setup.loss, config, **setup.fixed)
-    trainer = Trainer(cfg, dataset.subset(setup.fit_classes, train=True), device=device)
-    val_set = dataset.subset(setup.val_classes)
-    checkpoint = tune.get_checkpoint()
+    cfg = TrainConfig.from_params(setup.loss, params, **setup.fixed)
+    trainers = [Trainer(cfg, dataset.subset(fold.fit, train=True), device=device) for fold in setup.folds]
+    val_sets = [dataset.subset(fold.val) for fold in setup.folds]
+    # Ray's own checkpoint (a retry after a worker died) is newer than the one an interrupted study left.
+    checkpoint = tune.get_checkpoint() or (tune.Checkpoint(resume["checkpoint"]) if "checkpoint" in resume else None)
     if checkpoint:
         with checkpoint.as_directory() as d:
-            trainer.load(Path(d) / CHECKPOINT_FILE)
-    while trainer.epoch < cfg.epochs:
+            for i, trainer in enumerate(trainers):
+                trainer.load(Path(d) / fold_checkpoint(i))
+    while (epoch := trainers[0].epoch + 1) <= cfg.epochs:
         start = time.perf_counter()
         try:
-            train_loss = trainer.train_epoch()
+            losses = [trainer.train_epoch() for trainer in trainers]
         except DivergedError as err:
             # A diverging config is a bad point of the space, not a crash: report the worst score
             # so ASHA and TPE learn from it, and end the trial with the reason.
-            tune.report({SELECTION_METRIC: 0.0, "diverged": str(err), "epoch": trainer.epoch + 1})
+            tune.report({SELECTION_METRIC: 0.0, DIVERGED: str(err), EPOCH: epoch,
+                         "train_seconds": time.perf_counter() - start, "eval_seconds": 0.0, **placement})
             return
         trained = time.perf_counter()
-        metrics = trainer.evaluate(val_set, setup.ks)
+        per_fold = [trainer.evaluate(val, setup.ks) for trainer, val in zip(trainers, val_sets)]
+        metrics = {f"val_{k}": float(np.mean([m[k] for m in per_fold])) for k in per_fold[0]}
+        evaluated = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
-            trainer.save(Path(d) / CHECKPOINT_FILE)
+            for i, trainer in enumerate(trainers):
+                trainer.save(Path(d) / fold_checkpoint(i))
             tune.report({
-                **{f"val_{k}": v for k, v in metrics.items()},
-                "train_loss": train_loss, "epoch": trainer.epoch,
-                "train_seconds": trained - start, "eval_seconds": time.perf_counter() - trained,
+                **metrics, f"{SELECTION_METRIC}_folds": [m["recall@1"] for m in per_fold],
+                "train_loss": float(np.mean(losses)), EPOCH: epoch,
+                "train_seconds": trained - start, "eval_seconds": evaluated - trained, **placement,
             }, checkpoint=tune.Checkpoint.from_directory(d))
 
 
+def resume_marker(trial: FrozenTrial) -> dict[str, Any]:
+    """RESUME_KEY's value for an interrupted study trial: its number and its checkpoint, if that still exists."""
+    marker: dict[str, Any] = {"trial": trial.number}
+    location = trial.user_attrs.get(CHECKPOINT_ATTR)
+    if location:
+        fs, path = pyarrow.fs.FileSystem.from_uri(location)
+        if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
+            marker["checkpoint"] = location
+        else:
+            logger.warning("Checkpoint %s of study trial %d is gone; that trial restarts from epoch 1.",
+                           location, trial.number)
+    return marker
+
+
 class PruningAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna an ASHA-stopped trial is PRUNED, not COMPLETE.
+    """OptunaSearch that tells Optuna an ASHA-stopped trial is PRUNED, and keeps study.db resumable.
 
     Ray's OptunaSearch tells every trial that ends without error as COMPLETE with its last
     value, so a config stopped after one epoch looks like a finished one with a low score and
     TPE's model of "good" is built from mixed budgets. Optuna records a PRUNED trial's last
     intermediate value (already reported each epoch) and TPE ranks pruned trials by the step
-    they reached. Each Optuna trial also records its Ray trial id, linking study.db to ray/.
+    they reached. Each Optuna trial also records its Ray trial id (linking study.db to ray/), the
+    location of its latest checkpoint, and why it diverged if it did.
+
+    `resume` are study trials an earlier driver left RUNNING: the first suggestions hand them out
+    again (same trial number, same params, RESUME_KEY naming the checkpoint to continue from), and
+    `on_resume(ray_trial_id, curve)` lets the scheduler learn what they already reported.
     """
 
-    def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_t: int, checkpoint_root: str, resume: Sequence[FrozenTrial] = (),
+                 on_resume: Callable[[str, Mapping[int, float]], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_t = max_t
-        self._last_step: dict[str, int] = {}  # trial id -> last epoch reported to Optuna
+        self.checkpoint_root = checkpoint_root.rstrip("/")  # Ray's experiment directory (path or URI)
+        self._resume = list(resume)
+        self._on_resume = on_resume
+        self._last_step: dict[str, int] = {}  # Ray trial id -> last epoch reported to Optuna
 
     def suggest(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
+        if self._resume:
+            past = self._resume.pop(0)
+            # Optuna has no public call that reopens a RUNNING trial; Study.ask reopens WAITING ones this way.
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, past._trial_id)
+            config = dict(past.params) | {RESUME_KEY: resume_marker(past)}
+            if self._on_resume and "checkpoint" in config[RESUME_KEY]:
+                self._on_resume(trial_id, past.intermediate_values)
+        else:
+            config = super().suggest(trial_id)
         self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, result)
-        self._last_step[trial_id] = result[TRAINING_ITERATION]
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.report(result[self.metric], result[EPOCH])
+        self._last_step[trial_id] = result[EPOCH]
+        if result.get(CHECKPOINT_DIR_NAME):  # already on storage: the worker uploads it before reporting
+            ot_trial.set_user_attr(CHECKPOINT_ATTR, f"{self.checkpoint_root}/{trial_id}/{result[CHECKPOINT_DIR_NAME]}")
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
-        step = (result or {}).get(TRAINING_ITERATION, 0)
-        value = (result or {}).get(self.metric)
+        result = result or {}
+        step, value = result.get(EPOCH, 0), result.get(self.metric)
         ot_trial = self._ot_trials[trial_id]
+        if DIVERGED in result:
+            ot_trial.set_user_attr(DIVERGED, result[DIVERGED])
         # Ray hands a trial's last result (the one ASHA stopped it on, or its max_t epoch) only to
         # on_trial_complete, never to on_trial_result: record it as the curve's last point too,
         # or a trial stopped at its first rung reaches Optuna with no value at all.
         if value is not None and self._last_step.get(trial_id) != step:
             ot_trial.report(value, step)
         if error or value is None or step >= self.max_t:
-            super().on_trial_complete(trial_id, result, error)
+            super().on_trial_complete(trial_id, result or None, error)
             return
         self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rungs can be refilled with curves a previous driver saw, so a resumed study stops
+    trials against the same cutoffs a single uninterrupted run would have used."""
+
+    def __init__(self, *, max_t: int, grace_period: int, reduction_factor: int) -> None:
+        super().__init__(time_attr=EPOCH, metric=SELECTION_METRIC, mode=SELECTION_MODE, max_t=max_t,
+                         grace_period=grace_period, reduction_factor=reduction_factor, brackets=1)
+
+    def replay(self, key: str, curve: Mapping[int, float]) -> None:
+        """Record a curve (epoch -> score) under `key` as if its trial had reported it live."""
+        past = SimpleNamespace(trial_id=key)  # a bracket only reads the trial's id
+        for step in sorted(curve):
+            self._brackets[0].on_result(past, step, self._metric_op * curve[step])
 
 
 def _short(value: Any) -> str:
@@ -129,16 +243,27 @@ class ProgressLines(tune.Callback):
 
     def __init__(self, total: int, max_t: int, echo: Callable[[str], None] = print) -> None:
         self.total, self.max_t, self.echo = total, max_t, echo
-        self.started = self.finished = 0
+        self.finished = 0
+        self.started: set[str] = set()
         self.best: float | None = None
 
     def _name(self, trial: Trial) -> str:
         return f"trial {trial.trial_id.split('_')[-1]}"
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.started += 1
-        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.config.items()))
-        self.echo(f"[{self.started}/{self.total}] {self._name(trial)} started: {params}")
+        if trial.trial_id in self.started:  # Tune's retry after its worker died (FailureConfig)
+            self.echo(f"{self._name(trial)} restarted on a new worker from its last checkpoint")
+            return
+        self.started.add(trial.trial_id)
+        count = f"[{len(self.started)}/{self.total}]"
+        resume = trial.config.get(RESUME_KEY)
+        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.config.items()) if k != RESUME_KEY)
+        if resume is None:
+            self.echo(f"{count} {self._name(trial)} started: {params}")
+        else:
+            where = "its last checkpoint" if "checkpoint" in resume else "epoch 1 (it left no checkpoint)"
+            self.echo(f"{count} {self._name(trial)} continues interrupted study trial {resume['trial']} "
+                      f"from {where}: {params}")
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial, "failed" if trial.status == Trial.ERROR else None)
@@ -149,9 +274,9 @@ class ProgressLines(tune.Callback):
     def _finish(self, trial: Trial, outcome: str | None) -> None:
         self.finished += 1
         result = trial.last_result or {}
-        value, epochs = result.get(SELECTION_METRIC), result.get(TRAINING_ITERATION, 0)
+        value, epochs = result.get(SELECTION_METRIC), result.get(EPOCH, 0)
         if outcome is None:
-            outcome = ("diverged" if "diverged" in result else
+            outcome = (f"diverged in epoch {epochs}" if DIVERGED in result else
                        "finished" if epochs >= self.max_t else f"pruned at epoch {epochs}")
         if value is not None and outcome != "failed":
             self.best = value if self.best is None else max(self.best, value)
@@ -165,14 +290,16 @@ class ProgressLines(tune.Callback):
 class SearchSettings:
     """How to search: budget, ASHA shape, resources and where Ray keeps its files."""
 
-    trials: int
+    trials: int  # the study's whole budget, counting trials an earlier driver already finished
     max_epochs: int
     grace_period: int = 1
     reduction_factor: int = 3
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     seed: int = 0
-    storage_path: str | None = None  # Ray's trial storage; None: <run dir>/ray on this machine
+    storage_path: str | None = None  # Ray's trial storage (a path or URI all nodes reach); None: the run dir
+    address: str | None = None  # the Ray cluster to join; None: start a local Ray (unless one is running)
+    dashboard: bool = False  # local Ray only: its dashboard, on 127.0.0.1
 
 
 def tpe_sampler(trials: int, seed: int) -> optuna.samplers.TPESampler:
@@ -181,44 +308,179 @@ def tpe_sampler(trials: int, seed: int) -> optuna.samplers.TPESampler:
                                       n_startup_trials=max(2, min(10, trials // 3)))
 
 
+def is_uri(path: str) -> bool:
+    """A storage URI (s3://, gs://, ...) rather than a path on this machine."""
+    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) is not None
+
+
+def experiment_location(run_dir: Path, storage_path: str | None) -> tuple[str, str]:
+    """(storage, experiment name) of the study's Ray experiment: <run dir>/ray, or <storage>/<run name>
+    when the trials write to storage every node reaches (one bucket or share can hold many runs)."""
+    if storage_path is None:
+        return str(run_dir.resolve()), EXPERIMENT_DIR
+    storage = storage_path.rstrip("/") if is_uri(storage_path) else str(Path(storage_path).expanduser().resolve())
+    return storage, run_dir.resolve().name
+
+
+def _trial_dirname(trial: Trial) -> str:
+    """A trial's directory is its id, so a result's checkpoint path is known from the result alone."""
+    return trial.trial_id
+
+
+def study_storage(run_dir: Path) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(f"sqlite:///{(run_dir / 'study.db').resolve()}")
+
+
+def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the Ray cluster can run at once now (at least 1: an autoscaler may add nodes)."""
+    total = ray.cluster_resources()
+    slots = int(total.get("CPU", 0) / cpus_per_trial + 1e-9)
+    if gpus_per_trial:
+        slots = min(slots, int(total.get("GPU", 0) / gpus_per_trial + 1e-9))
+    return max(1, slots)
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the duration of a block (Tune reads some knobs only from there)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
 def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial], Any],
                first_points: list[dict[str, float]], settings: SearchSettings,
-               echo: Callable[[str], None] = print) -> tune.ResultGrid:
-    """Run the study: Optuna TPE proposals, ASHA stopping, trials in parallel under Ray Tune.
+               echo: Callable[[str], None] = print, callbacks: Sequence[tune.Callback] = ()) -> int:
+    """Run the study up to its budget: TPE proposals, ASHA stopping, trials in parallel under Ray Tune.
 
     The study lives in `run_dir/study.db` (optuna-dashboard reads it); Ray's experiment in
-    `run_dir/ray` unless `settings.storage_path` points at storage every node reaches.
+    `run_dir/ray` unless `settings.storage_path` points at storage every node reaches. On a study
+    an earlier driver left unfinished, finished trials stay as they are (TPE learns from them
+    and ASHA's rungs are refilled from their curves), interrupted ones continue from their last
+    checkpoint, and only the rest of the budget is proposed anew. Returns how many Ray trials ran.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / 'study.db').resolve()}")
+    storage = study_storage(run_dir)
+    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
+                                direction="maximize" if SELECTION_MODE == "max" else "minimize")
+    past = study.get_trials(deepcopy=False)
+    finished = [t for t in past if t.state.is_finished()]
+    interrupted = [t for t in past if t.state == TrialState.RUNNING]
+    budget = settings.trials - len(finished)
+    for t in interrupted[max(budget, 0):]:  # only if --trials was lowered below what had started
+        study.tell(t.number, state=TrialState.FAIL)
+    if budget <= 0:
+        return 0
+    resumed = interrupted[:budget]
+    init_ray(settings.address, dashboard=settings.dashboard)
+    if past:
+        echo(f"resume: {len(finished)} finished trials kept, {len(resumed)} interrupted trials continue, "
+             f"{budget - len(resumed)} new")
+    scheduler = ResumableASHA(max_t=settings.max_epochs, grace_period=settings.grace_period,
+                              reduction_factor=settings.reduction_factor)
+    for t in finished:
+        scheduler.replay(f"study-{t.number}", t.intermediate_values)
+    storage_path, name = experiment_location(run_dir, settings.storage_path)
+    if settings.storage_path is None and sum(node["Alive"] for node in ray.nodes()) > 1:
+        echo(f"warning: this Ray cluster has several nodes but no --storage-path: trials on nodes that do not "
+             f"mount {storage_path} will fail to write checkpoints. Give a directory every node mounts or an "
+             "s3:// / gs:// URI.")
     searcher = PruningAwareOptunaSearch(
-        space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE, points_to_evaluate=first_points,
-        sampler=tpe_sampler(settings.trials, settings.seed), study_name="dmltune", storage=storage,
-        max_t=settings.max_epochs)
-    scheduler = ASHAScheduler(time_attr=TRAINING_ITERATION, max_t=settings.max_epochs,
-                              grace_period=settings.grace_period, reduction_factor=settings.reduction_factor)
+        space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE, points_to_evaluate=[] if past else first_points,
+        sampler=tpe_sampler(settings.trials, settings.seed + len(finished)), study_name=STUDY_NAME,
+        storage=storage, max_t=settings.max_epochs, checkpoint_root=f"{storage_path}/{name}", resume=resumed,
+        on_resume=scheduler.replay)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
-    storage_path = settings.storage_path or str(run_dir.resolve())
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(metric=SELECTION_METRIC, mode=SELECTION_MODE, search_alg=searcher,
-                                    scheduler=scheduler, num_samples=settings.trials, reuse_actors=True),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=budget,
+                                    reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name="ray", storage_path=storage_path, verbose=0,
-            callbacks=[ProgressLines(settings.trials, settings.max_epochs, echo)],
+            name=name, storage_path=storage_path, verbose=0,
+            callbacks=[ProgressLines(budget, settings.max_epochs, echo), *callbacks],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=1)),
     )
-    return tuner.fit()
+    # With a searcher Tune keeps one trial pending at a time, so the trials of the first wave start
+    # one actor start-up (seconds: imports, data) after another. Constant-liar TPE proposes well
+    # for trials still pending, so let every slot's trial start at once.
+    pending = os.environ.get(PENDING_ENV) or str(trial_slots(settings.cpus_per_trial, settings.gpus_per_trial))
+    with _env(PENDING_ENV, pending):
+        tuner.fit()
+    return budget
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Start a local Ray (or join a cluster) quietly: no dashboard, no usage stats, our progress lines only."""
-    import logging
+def check_address(address: str, timeout_s: float = 3.0) -> None:
+    """Refuse, within seconds, a Ray address nothing answers at: ray.init would retry for minutes.
 
-    import ray
+    Raises ValueError naming the address and what to do.
+    """
+    from ray._private.services import canonicalize_bootstrap_address_or_die
 
+    target = address.removeprefix("ray://")
+    if target == "auto":
+        try:  # Ray's own lookup: RAY_ADDRESS, then the cluster `ray start` last recorded on this machine
+            target = canonicalize_bootstrap_address_or_die("auto")
+        except ConnectionError as err:
+            raise ValueError(f"--address auto found no running Ray cluster on this machine ({err}). "
+                             "Start one (ray start --head, or ray up cluster.yaml and run on its head), "
+                             "or drop --address to use a local Ray.") from None
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address} is not HOST:PORT, ray://HOST:PORT or auto.")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ValueError(f"--address {address}: nothing answers at {host}:{port} within {timeout_s:g}s "
+                         f"({err.strerror or err}). Is the cluster up (ray status on its head) and the port "
+                         "reachable from here?") from None
+
+
+def check_storage_path(storage_path: str) -> None:
+    """A local storage path must be writable now; a URI (s3://, gs://) is Ray's to reach from every node.
+
+    Raises ValueError naming the path and the fix.
+    """
+    if is_uri(storage_path):
+        return
+    path = Path(storage_path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ValueError(f"--storage-path {storage_path} cannot be written ({err.strerror or err}); give a "
+                         "directory every node mounts and can write, or an s3:// or gs:// URI.") from None
+
+
+def check_dashboard() -> None:
+    """--dashboard needs the packages of `ray[default]`, which `ray[tune]` does not bring."""
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401
+    except ImportError as err:
+        raise ValueError(f"--dashboard needs Ray's dashboard packages ({err}): pip install 'ray[default]'.") from None
+
+
+def ray_init_kwargs(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> dict[str, Any]:
+    """ray.init's arguments: quiet, and a dashboard only when asked, then on 127.0.0.1 alone."""
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
+                              "include_dashboard": dashboard}
+    if address:
+        return kwargs | {"address": address}
+    if dashboard:
+        kwargs["dashboard_host"] = "127.0.0.1"  # reachable from this machine only (ssh -L to view it remotely)
+    return kwargs | {"num_cpus": num_cpus}
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Start a local Ray (or join a cluster) quietly: no usage stats, our progress lines only."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     # Tune's new console output prints its experiment banner even at verbose=0; the legacy
@@ -230,8 +492,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if ray.is_initialized():
         return
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    else:
+    if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local single-user Ray: no token file
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    context = ray.init(**ray_init_kwargs(address, num_cpus, dashboard))
+    if dashboard and context.dashboard_url:
+        print(f"Ray dashboard: http://{context.dashboard_url}")

@@ -1,0 +1,163 @@
+"""Benchmark: orchestration overhead of the search (issue 7). Run by hand, not a test.
+
+    python bench/overhead.py                 # glyphs, 8 trials, ASHA max_t 5, 2 slots: a few minutes
+    python bench/overhead.py --variants shipped
+
+overhead = 1 - sum(trial compute) / (slots x search wall time), where trial compute is the
+train_seconds + eval_seconds every trial reported and the wall time is `run_search` on a
+running Ray (ray.init is timed apart). Goal: <= 10 %. The script splits the slot-seconds that
+were not trial compute into where they went, from the driver's view of each trial's start and end:
+
+  in trials   inside a running trial but not training or evaluating: data set and model set-up,
+              checkpoint save + upload, result reporting;
+  ramp-up     slots idle before every slot first had a trial (worker processes starting:
+              Python, torch, Ray imports);
+  gaps        slots idle between one trial's end and the next one's start while trials remained;
+  tail        slots idle after the last trial started: the budget is spent, the promoted
+              trials finish alone (ASHA's shape, not Ray's cost).
+
+Each variant runs in its own process with its own Ray, so one cannot warm up the next. Variants
+change only knobs Ray reads from the environment, on top of what run_search ships:
+  shipped        run_search as it is;
+  pending-1      Tune's default of one pending trial for a searcher (what run_search overrides);
+  no-loggers     without Tune's JSON/CSV/TensorBoard result loggers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+VARIANTS: dict[str, dict[str, str]] = {
+    "shipped": {},
+    "pending-1": {"TUNE_MAX_PENDING_TRIALS_PG": "1"},
+    "no-loggers": {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"},
+}
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """One search in this process; returns its timeline and the overhead split."""
+    import ray
+    from ray import tune
+
+    from spaces import OptimiserDefaults, default_config, define_by_run
+    from trainables.config import fixed_fields
+    from trainables.data import build_dataset, recipe
+    from trainables.data.splits import fixed_split
+    from trainables.ray_tune import SearchSettings, TrialSetup, init_ray, run_search, trial_slots
+
+    class Timeline(tune.Callback):
+        def __init__(self) -> None:
+            self.start: dict[str, float] = {}
+            self.end: dict[str, float] = {}
+            self.compute: dict[str, float] = {}
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.start.setdefault(trial.trial_id, time.monotonic())
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            spent = result.get("train_seconds", 0.0) + result.get("eval_seconds", 0.0)
+            self.compute[trial.trial_id] = self.compute.get(trial.trial_id, 0.0) + spent
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.end[trial.trial_id] = time.monotonic()
+
+        on_trial_error = on_trial_complete
+
+    rec = recipe("glyphs")
+    started = time.monotonic()
+    init_ray(None, num_cpus=args.cpus)
+    ray_init = time.monotonic() - started
+    dataset = build_dataset("glyphs", None, rec.image_size)
+    split = fixed_split(dataset.train_classes, 0.1, args.seed)
+    cfg = {"batch_size": rec.batch_size, "embedding_size": rec.embedding_size, "backbone": rec.backbone,
+           "seed": args.seed, "m_per_class": None, "grad_clip": 10.0, "pretrained": False, "workers": 0,
+           **{k: getattr(rec, k) for k in ("warmup_epochs", "freeze_bn", "lr_schedule", "lr_step", "lr_gamma")}}
+    setup = TrialSetup(loss=args.loss, dataset="glyphs", data_root=None, image_size=rec.image_size,
+                       folds=(split,), ks=rec.ks, fixed=fixed_fields(cfg) | {"epochs": args.max_epochs})
+    defaults = OptimiserDefaults(lr=rec.lr)
+    settings = SearchSettings(trials=args.trials, max_epochs=args.max_epochs, grace_period=1, reduction_factor=3,
+                              seed=args.seed)
+    slots = trial_slots(settings.cpus_per_trial, settings.gpus_per_trial)
+    timeline = Timeline()
+    with tempfile.TemporaryDirectory() as run_dir:
+        t0 = time.monotonic()
+        run_search(Path(run_dir), setup, define_by_run(args.loss, defaults), [default_config(args.loss, defaults)],
+                   settings, echo=lambda line: None, callbacks=[timeline])
+        t1 = time.monotonic()
+    ray.shutdown()
+    return split_overhead(timeline.start, timeline.end, timeline.compute, slots, t0, t1) | {"ray_init": ray_init}
+
+
+def split_overhead(start: dict[str, float], end: dict[str, float], compute: dict[str, float], slots: int,
+                   t0: float, t1: float) -> dict[str, Any]:
+    """Slot-seconds of [t0, t1] as trial compute, in-trial overhead, and idle ramp-up / gaps / tail."""
+    events = sorted([(t, +1) for t in start.values()] + [(t, -1) for t in end.values()])
+    full = _first_full(events, slots, t1)
+    last_start = max(start.values())
+    idle = {"ramp-up": 0.0, "gaps": 0.0, "tail": 0.0}
+    running, previous = 0, t0
+    for t, step in [*events, (t1, 0)]:
+        phase = "ramp-up" if previous < full else "tail" if previous >= last_start else "gaps"
+        idle[phase] += max(0, slots - running) * (t - previous)
+        running, previous = running + step, t
+    wall = t1 - t0
+    total_compute = sum(compute.values())
+    in_trials = sum(end[k] - start[k] for k in start) - total_compute
+    return {"trials": len(start), "slots": slots, "wall": wall, "compute": total_compute,
+            "overhead": 1 - total_compute / (slots * wall), "in trials": in_trials / (slots * wall),
+            **{k: v / (slots * wall) for k, v in idle.items()}}
+
+
+def _first_full(events: list[tuple[float, int]], slots: int, default: float) -> float:
+    """When every slot first had a trial running."""
+    running = 0
+    for t, step in events:
+        running += step
+        if running >= slots:
+            return t
+    return default
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--max-epochs", type=int, default=5)
+    p.add_argument("--loss", default="proxy_anchor")
+    p.add_argument("--cpus", type=int, default=2, help="Ray's CPUs = trial slots (1 CPU per trial)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    load = os.getloadavg()[0]
+    print(f"glyphs, {args.loss}, {args.trials} trials, ASHA max_t {args.max_epochs} (grace 1, reduction 3), "
+          f"{args.cpus} slots of 1 CPU; load average {load:.1f} on {os.cpu_count()} cores at the start")
+    header = ["variant", "wall s", "compute s", "overhead", "in trials", "ramp-up", "gaps", "tail", "ray.init s"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for name in args.variants:
+        argv = [sys.executable, __file__, "--child", "--trials", str(args.trials), "--max-epochs",
+                str(args.max_epochs), "--loss", args.loss, "--cpus", str(args.cpus), "--seed", str(args.seed)]
+        env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"} | VARIANTS[name]
+        done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"variant {name} failed:\n{done.stderr[-3000:]}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        pct = [f"{100 * r[k]:.1f} %" for k in ("overhead", "in trials", "ramp-up", "gaps", "tail")]
+        print(f"| {name} | {r['wall']:.1f} | {r['compute']:.1f} | " + " | ".join(pct) + f" | {r['ray_init']:.1f} |")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Faults a search survives: a trial worker killed mid-trial, a config whose loss turns NaN, a killed driver."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import optuna
+import pandas as pd
+import pytest
+import sqlalchemy.exc
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import TrialScheduler
+from ray_helpers import IMAGE_SIZE, LOSS, ResultLog, glyph_setup, logged_results, paper_point, space
+
+import search
+from results import tables
+from trainables.config import RAY_TRIAL_ID_ATTR, SELECTION_METRIC
+from trainables.ray_tune import (CHECKPOINT_ATTR, DIVERGED, RESUME_KEY, EPOCH, PruningAwareOptunaSearch,
+                                 ResumableASHA, SearchSettings, run_search, study_storage, tpe_sampler)
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_EPOCHS = 3  # ASHA rungs at epochs 1 and 3 (grace 1, reduction 3)
+ABSURD_LR = 1e30  # one AdamW step moves every weight by ~1e30: the next forward overflows to NaN
+
+
+class KillAfterFirstCheckpoint(tune.Callback):
+    """SIGKILLs the worker process of the trial running `params` once Tune holds its epoch-1 checkpoint.
+
+    Tune holds a function trial at `tune.report` until the driver has processed the result and its
+    checkpoint, so the kill lands between epoch 1 and epoch 2, every time.
+    """
+
+    def __init__(self, params: dict[str, float]) -> None:
+        self.params = params
+        self.target: str | None = None
+        self.killed_pid: int | None = None
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        if self.killed_pid is None and trial.config == self.params:
+            self.target, self.killed_pid = trial.trial_id, trial.last_result["pid"]
+            os.kill(self.killed_pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def faulty_study(tmp_path_factory) -> SimpleNamespace:
+    """Three trials: the paper's point (its worker is killed after epoch 1), an absurd lr, one TPE proposal."""
+    run_dir = tmp_path_factory.mktemp("faults")
+    killer, log = KillAfterFirstCheckpoint(paper_point()), ResultLog()
+    diverging = paper_point() | {"lr": ABSURD_LR}
+    run_search(run_dir, glyph_setup(MAX_EPOCHS), space(), [paper_point(), diverging],
+               SearchSettings(trials=3, max_epochs=MAX_EPOCHS), echo=lambda line: None, callbacks=[killer, log])
+    study = tables.load_study(run_dir)
+    return SimpleNamespace(run_dir=run_dir, killer=killer, log=log, study=study,
+                           trials=tables.trials_frame(study, MAX_EPOCHS))
+
+
+def test_a_killed_trial_worker_resumes_from_its_checkpoint_and_the_trial_completes(faulty_study) -> None:
+    killer, log = faulty_study.killer, faulty_study.log
+    assert killer.killed_pid is not None
+    results = log.results[killer.target]
+    # Epoch 1 came from the killed process; the retry loaded epoch 1's checkpoint and went on with epoch 2.
+    assert [r[EPOCH] for r in results] == [1, 2, 3]
+    assert results[0]["pid"] == killer.killed_pid and {r["pid"] for r in results[1:]} != {killer.killed_pid}
+    study_trial = next(t for t in faulty_study.study.trials if t.user_attrs[RAY_TRIAL_ID_ATTR] == killer.target)
+    assert study_trial.state == TrialState.COMPLETE and sorted(study_trial.intermediate_values) == [1, 2, 3]
+
+
+def test_no_trial_is_lost_and_none_failed(faulty_study) -> None:
+    trials = faulty_study.trials
+    assert len(trials) == 3 and set(trials["number"]) == {0, 1, 2}
+    assert set(trials["state"]) <= {"complete", "pruned"}
+
+
+def test_a_diverging_config_ends_with_its_reason_and_is_never_selected(faulty_study) -> None:
+    trials = faulty_study.trials
+    diverged = trials[trials["param_lr"] == ABSURD_LR].iloc[0]
+    assert "nan" in diverged["diverged"].lower() and "epoch 1" in diverged["diverged"]
+    assert diverged["state"] == "pruned" and list(diverged[f"{SELECTION_METRIC}_curve"]) == [0.0]
+    assert trials.loc[trials["param_lr"] != ABSURD_LR, "diverged"].isna().all()
+    assert ABSURD_LR not in set(tables.select_top(trials, 3)["param_lr"])
+
+
+def test_replayed_rungs_stop_a_trial_the_uninterrupted_run_would_stop() -> None:
+    """ASHA's rungs live in the driver; a resumed study refills them from study.db's curves."""
+    past = {"study-0": {1: 0.9, 2: 0.92, 3: 0.95}, "study-1": {1: 0.8}, "study-2": {1: 0.7}}
+    resumed, fresh = (ResumableASHA(max_t=MAX_EPOCHS, grace_period=1, reduction_factor=3) for _ in range(2))
+    for key, curve in past.items():
+        resumed.replay(key, curve)
+    newcomer = SimpleNamespace(trial_id="new")
+    decisions = []
+    for scheduler in (resumed, fresh):
+        scheduler.on_trial_add(None, newcomer)
+        decisions.append(scheduler.on_trial_result(None, newcomer, {EPOCH: 1, SELECTION_METRIC: 0.75}))
+    # 0.75 is below the rung's 2/3 quantile of (0.9, 0.8, 0.7); an empty rung stops nothing.
+    assert decisions == [TrialScheduler.STOP, TrialScheduler.CONTINUE]
+
+
+def test_an_interrupted_study_trial_is_handed_out_again_under_its_number(tmp_path) -> None:
+    storage = study_storage(tmp_path)
+    study = optuna.create_study(storage=storage, study_name="dmltune", direction="maximize")
+    checkpoint = tmp_path / "ray" / "old" / "checkpoint_000001"
+    checkpoint.mkdir(parents=True)
+    left = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    left.report(0.5, 1)
+    left.set_user_attr(CHECKPOINT_ATTR, str(checkpoint))
+    replayed: list[tuple[str, dict]] = []
+    searcher = PruningAwareOptunaSearch(
+        space=space(), metric=SELECTION_METRIC, mode="max", sampler=tpe_sampler(4, 0), study_name="dmltune",
+        storage=storage, max_t=MAX_EPOCHS, checkpoint_root=str(tmp_path / "ray"),
+        resume=study.get_trials(states=(TrialState.RUNNING,)),
+        on_resume=lambda trial_id, curve: replayed.append((trial_id, dict(curve))))
+    config = searcher.suggest("new")
+    assert config == {"lr": left.params["lr"], RESUME_KEY: {"trial": left.number, "checkpoint": str(checkpoint)}}
+    assert replayed == [("new", {1: 0.5})]
+    searcher.on_trial_result("new", {SELECTION_METRIC: 0.6, EPOCH: 2, "checkpoint_dir_name": "checkpoint_000000"})
+    searcher.on_trial_complete("new", {SELECTION_METRIC: 0.7, EPOCH: 3})
+    (trial,) = study.trials
+    assert trial.number == left.number and trial.state == TrialState.COMPLETE
+    assert trial.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
+    assert trial.user_attrs[CHECKPOINT_ATTR] == f"{tmp_path / 'ray'}/new/checkpoint_000000"
+
+
+def _snapshot(run_dir: Path) -> dict[int, optuna.trial.FrozenTrial]:
+    return {t.number: t for t in tables.load_study(run_dir).trials}
+
+
+def _session_processes(sid: int) -> list[int]:
+    ps = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True, check=True).stdout
+    return [int(pid) for pid, s in (line.split() for line in ps.splitlines()) if int(s) == sid]
+
+
+def _kill_session(sid: int) -> None:
+    """The driver and every process it started (its local Ray): as if its machine had gone away."""
+    for pid in _session_processes(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_for_interruptible_state(run_dir: Path, log: Path, driver: subprocess.Popen, timeout_s: float = 240) -> None:
+    """Until study.db holds a finished trial and a running one with a checkpoint on storage.
+
+    study.db is read only once the driver printed its first trial: opening it while the driver
+    creates it would race the driver's schema set-up.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert driver.poll() is None, f"the search ended before it could be interrupted:\n{log.read_text()}"
+        if "started:" in log.read_text():
+            try:
+                trials = _snapshot(run_dir).values()
+            except sqlalchemy.exc.OperationalError:  # the driver holds the write lock this instant
+                trials = []
+            if any(t.state.is_finished() for t in trials) and any(
+                    t.state == TrialState.RUNNING and CHECKPOINT_ATTR in t.user_attrs for t in trials):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no interruptible state within {timeout_s}s:\n{log.read_text()}")
+
+
+def test_a_killed_driver_resumes_without_losing_or_repeating_a_trial(tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    argv = ["--loss", LOSS, "--trials", "3", "--max-epochs", "2", "--final-epochs", "1",
+            "--image-size", str(IMAGE_SIZE), "--out", str(run_dir)]
+    log = tmp_path / "driver.log"
+    with open(log, "w") as sink:
+        driver = subprocess.Popen([sys.executable, str(REPO / "search.py"), *argv], cwd=REPO, stdout=sink,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for_interruptible_state(run_dir, log, driver)
+        finally:
+            _kill_session(driver.pid)
+            driver.wait()
+    before = _snapshot(run_dir)
+    finished = {n: t for n, t in before.items() if t.state.is_finished()}
+    (number, interrupted), *_ = [(n, t) for n, t in before.items()
+                                 if t.state == TrialState.RUNNING and CHECKPOINT_ATTR in t.user_attrs]
+
+    assert search.main([*argv, "--resume"]) == 0
+    out = capsys.readouterr().out
+    after = _snapshot(run_dir)
+    table = pd.read_parquet(run_dir / "trials.parquet")
+    assert sorted(after) == list(range(3)) and sorted(table["number"]) == list(range(3))
+    assert table["ray_trial_id"].is_unique and all(t.state.is_finished() for t in after.values())
+    for n, t in finished.items():  # what the first driver finished is exactly as it left it
+        assert (after[n].state, after[n].params, after[n].intermediate_values) == (t.state, t.params,
+                                                                                    t.intermediate_values)
+    # The interrupted trial kept its number, params and curve, and went on from its checkpoint's epoch.
+    resumed = after[number]
+    last = max(interrupted.intermediate_values)
+    assert resumed.params == interrupted.params
+    assert {s: v for s, v in resumed.intermediate_values.items() if s <= last} == interrupted.intermediate_values
+    first_result = logged_results(run_dir / "ray", resumed.user_attrs[RAY_TRIAL_ID_ATTR])[0]
+    assert first_result[EPOCH] == last + 1
+    assert f"continues interrupted study trial {number} from its last checkpoint" in out
+    # The searcher went on from the same study: the paper's point was proposed once, not again.
+    assert sum(t.params == paper_point() for t in after.values()) == 1
+    assert "already tested" not in out and (run_dir / "final.parquet").exists()
