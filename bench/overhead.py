@@ -8,8 +8,9 @@ train_seconds + eval_seconds every trial reported and the wall time is `run_sear
 running Ray (ray.init is timed apart). Goal: <= 10 %. The script splits the slot-seconds that
 were not trial compute into where they went, from the driver's view of each trial's start and end:
 
-  in trials   inside a running trial but not training or evaluating: data set and model set-up,
-              checkpoint save + upload, result reporting;
+  in trials   inside a running trial but not training or evaluating: set-up (data set, models,
+              torch's lazy imports; the first result's wait), then per epoch checkpoint save +
+              upload and the round trip of each result through the driver;
   ramp-up     slots idle before every slot first had a trial (worker processes starting:
               Python, torch, Ray imports);
   gaps        slots idle between one trial's end and the next one's start while trials remained;
@@ -60,12 +61,15 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             self.start: dict[str, float] = {}
             self.end: dict[str, float] = {}
             self.compute: dict[str, float] = {}
+            self.set_up: dict[str, float] = {}  # trial start -> its first epoch began
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.start.setdefault(trial.trial_id, time.monotonic())
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             spent = result.get("train_seconds", 0.0) + result.get("eval_seconds", 0.0)
+            if trial.trial_id not in self.set_up:
+                self.set_up[trial.trial_id] = time.monotonic() - spent - self.start[trial.trial_id]
             self.compute[trial.trial_id] = self.compute.get(trial.trial_id, 0.0) + spent
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -95,7 +99,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                    settings, echo=lambda line: None, callbacks=[timeline])
         t1 = time.monotonic()
     ray.shutdown()
-    return split_overhead(timeline.start, timeline.end, timeline.compute, slots, t0, t1) | {"ray_init": ray_init}
+    parts = split_overhead(timeline.start, timeline.end, timeline.compute, slots, t0, t1)
+    return parts | {"ray_init": ray_init, "set-up": sum(timeline.set_up.values()) / (slots * parts["wall"])}
 
 
 def split_overhead(start: dict[str, float], end: dict[str, float], compute: dict[str, float], slots: int,
@@ -144,7 +149,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"glyphs, {args.loss}, {args.trials} trials, ASHA max_t {args.max_epochs} (grace 1, reduction 3), "
           f"{args.cpus} slots of 1 CPU; load average {load:.1f} on {os.cpu_count()} cores at the start")
-    header = ["variant", "wall s", "compute s", "overhead", "in trials", "ramp-up", "gaps", "tail", "ray.init s"]
+    header = ["variant", "wall s", "compute s", "overhead", "in trials", "(of which set-up)", "ramp-up", "gaps", "tail",
+              "ray.init s"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name in args.variants:
         argv = [sys.executable, __file__, "--child", "--trials", str(args.trials), "--max-epochs",
@@ -154,7 +160,7 @@ def main() -> None:
         if done.returncode:
             sys.exit(f"variant {name} failed:\n{done.stderr[-3000:]}")
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        pct = [f"{100 * r[k]:.1f} %" for k in ("overhead", "in trials", "ramp-up", "gaps", "tail")]
+        pct = [f"{100 * r[k]:.1f} %" for k in ("overhead", "in trials", "set-up", "ramp-up", "gaps", "tail")]
         print(f"| {name} | {r['wall']:.1f} | {r['compute']:.1f} | " + " | ".join(pct) + f" | {r['ray_init']:.1f} |")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 

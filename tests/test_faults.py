@@ -81,9 +81,9 @@ def test_no_trial_is_lost_and_none_failed(faulty_study) -> None:
 def test_a_diverging_config_ends_with_its_reason_and_is_never_selected(faulty_study) -> None:
     trials = faulty_study.trials
     diverged = trials[trials["param_lr"] == ABSURD_LR].iloc[0]
-    assert "nan" in diverged["diverged"].lower() and "epoch 1" in diverged["diverged"]
+    assert "nan" in diverged[DIVERGED].lower() and "epoch 1" in diverged[DIVERGED]
     assert diverged["state"] == "pruned" and list(diverged[f"{SELECTION_METRIC}_curve"]) == [0.0]
-    assert trials.loc[trials["param_lr"] != ABSURD_LR, "diverged"].isna().all()
+    assert trials.loc[trials["param_lr"] != ABSURD_LR, DIVERGED].isna().all()
     assert ABSURD_LR not in set(tables.select_top(trials, 3)["param_lr"])
 
 

@@ -15,6 +15,7 @@ from its last checkpoint under its own trial number, and refills ASHA's rungs fr
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -41,6 +42,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables.config import RAY_TRIAL_ID_ATTR, SELECTION_METRIC, SELECTION_MODE, TrainConfig
 from trainables.data import build_dataset
+from trainables.data.base import DMLDataset
 from trainables.data.splits import ClassSplit
 from trainables.trainer import DivergedError, Trainer
 
@@ -57,6 +59,7 @@ CHECKPOINT_ATTR = "checkpoint"
 # Config key of a Ray trial that continues an interrupted study trial: {"trial": number[, "checkpoint": uri]}.
 RESUME_KEY = "resume"
 EXPERIMENT_DIR = "ray"
+FOLD_METRIC = SELECTION_METRIC.removeprefix("val_")  # the selection metric as Trainer.evaluate names it
 PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"  # Tune's limit on trials waiting for an actor (a user's value wins)
 
 
@@ -96,6 +99,12 @@ def trial_device(gpu_ids: Sequence[str], cuda_available: bool) -> str:
     return "cuda"
 
 
+@functools.lru_cache(maxsize=1)
+def worker_dataset(name: str, root: str | None, image_size: int) -> DMLDataset:
+    """The data set, loaded once per worker process: with reuse_actors one worker runs trial after trial."""
+    return build_dataset(name, root, image_size)
+
+
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Train one model per fold; after every epoch checkpoint them all and report the fold-mean Recall@K."""
     resume = config.get(RESUME_KEY, {})
@@ -105,7 +114,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     gpu_ids = context.get_accelerator_ids().get("GPU", [])
     device = trial_device(gpu_ids, torch.cuda.is_available())
     placement = {"node_id": context.get_node_id(), "gpu_ids": gpu_ids, "device": device}
-    dataset = build_dataset(setup.dataset, setup.data_root, setup.image_size)
+    dataset = worker_dataset(setup.dataset, setup.data_root, setup.image_size)
     cfg = TrainConfig.from_params(setup.loss, params, **setup.fixed)
     trainers = [Trainer(cfg, dataset.subset(fold.fit, train=True), device=device) for fold in setup.folds]
     val_sets = [dataset.subset(fold.val) for fold in setup.folds]
@@ -133,7 +142,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             for i, trainer in enumerate(trainers):
                 trainer.save(Path(d) / fold_checkpoint(i))
             tune.report({
-                **metrics, f"{SELECTION_METRIC}_folds": [m["recall@1"] for m in per_fold],
+                **metrics, f"{SELECTION_METRIC}_folds": [m[FOLD_METRIC] for m in per_fold],
                 "train_loss": float(np.mean(losses)), EPOCH: epoch,
                 "train_seconds": trained - start, "eval_seconds": evaluated - trained, **placement,
             }, checkpoint=tune.Checkpoint.from_directory(d))
