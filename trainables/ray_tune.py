@@ -498,6 +498,9 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
     # Checkpointing every epoch of short trials triggers a "snapshot too often" warning that has
     # no action for the user; experiment state is still snapshotted.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's console printer would swap builtins.print for tqdm_ray's (we draw no bars); the echo
+    # callables Tune pickles with ProgressLines (print, by default) must stay the real one.
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if ray.is_initialized():
         return
