@@ -1,6 +1,6 @@
 """ASHA + pruning-aware TPE against TPE with every trial at the full budget, on glyphs, through the real pipeline.
 
-    python bench/asha.py            # 3 seeds x 2 arms x 12 trials of up to 9 epochs: ~40 min on a quiet 2-core CPU
+    python bench/asha.py            # 3 seeds x 2 arms x 12 trials of up to 9 epochs: 50 min on a busy 2-core CPU
     python bench/asha.py --quick    # 1 seed x 2 arms x 4 trials of up to 3 epochs: a smoke run
 
 Each arm is `search.main` (search, select, retrain, test once) with the same seed, trials and
