@@ -78,7 +78,7 @@ def test_validation_recall_rises_above_an_untrained_model_within_a_few_epochs_on
     from trainables.data.glyphs import GlyphsDataset
     from trainables.data.splits import fixed_split
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one thread: multi-threaded torch collapses on a loaded 2-core machine
     ds = GlyphsDataset()
     split = fixed_split(ds.train_classes, 0.1, seed=0)
     cfg = TrainConfig(loss="proxy_anchor", loss_params={"margin": 0.1, "alpha": 32.0}, lr=2e-3, proxy_lr=0.1,
