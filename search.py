@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,18 +38,23 @@ FOLDS = 10  # the thesis's 10-fold cross-validation (DESIGN §4)
 SEARCH_FOLDS = 3  # folds per trial during the search: 3 models per config, not 10
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, but got {value}")
-    return value
+def _checked(kind: Callable[[str], Any], ok: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
+    """An argparse type: parse with `kind`, refuse a value that breaks `rule`, naming it."""
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, but got {value}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value: 'x'"
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, but got {value}")
-    return value
+_positive_int = _checked(int, lambda v: v >= 1, "a whole number of at least 1")
+_non_negative_int = _checked(int, lambda v: v >= 0, "a whole number of 0 or more")
+_positive_float = _checked(float, lambda v: v > 0, "greater than 0")
+_non_negative_float = _checked(float, lambda v: v >= 0, "0 or more")
+_fraction = _checked(float, lambda v: 0 < v <= 1, "greater than 0 and at most 1")
 
 
 def _final_epochs(text: str) -> int | str:
@@ -58,27 +64,6 @@ def _final_epochs(text: str) -> int | str:
         return _positive_int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be {AUTO} or a whole number of at least 1, but got {text}") from None
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, but got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number of 0 or more, but got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be greater than 0 and at most 1, but got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
