@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from trainables import metrics
-from trainables.metrics import ks_for, nmi, retrieval_metrics
+from trainables.data import recipe
+from trainables.metrics import nmi, retrieval_metrics
 
 KS = (1, 2, 3, 4, 8, 1000)  # 3 exceeds the smallest class's R; 1000 exceeds N - 1
 
@@ -151,12 +152,13 @@ def test_bad_input_raises_naming_the_value(kwargs, match) -> None:
         retrieval_metrics(args.pop("embeddings"), args.pop("labels"), **args)
 
 
-def test_ks_for_known_and_unknown_datasets() -> None:
-    assert ks_for("sop") == (1, 10, 100, 1000)
-    assert ks_for("inshop") == (1, 10, 20, 30, 40, 50)
-    assert ks_for("cub") == ks_for("cars") == ks_for("glyphs") == (1, 2, 4, 8)
+def test_each_dataset_reports_the_recall_cutoffs_of_its_papers() -> None:
+    """DESIGN §7: the K lists come from the dataset recipe, one source for the trainer and the report."""
+    assert recipe("sop").ks == (1, 10, 100, 1000)
+    assert recipe("inshop").ks == (1, 10, 20, 30, 40, 50)
+    assert recipe("cub").ks == recipe("cars").ks == recipe("glyphs").ks == (1, 2, 4, 8)
     with pytest.raises(ValueError, match="'imagenet'.*'cars'"):
-        ks_for("imagenet")
+        recipe("imagenet")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

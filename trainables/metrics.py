@@ -29,29 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["retrieval_metrics", "nmi", "ks_for"]
-
-# Recall@K cut-offs used by the papers each dataset is reported in (DESIGN §7).
-_KS_BY_DATASET: dict[str, tuple[int, ...]] = {
-    "glyphs": (1, 2, 4, 8),
-    "cub": (1, 2, 4, 8),
-    "cars": (1, 2, 4, 8),
-    "sop": (1, 10, 100, 1000),
-    "inshop": (1, 10, 20, 30, 40, 50),
-}
+__all__ = ["retrieval_metrics", "nmi"]
 
 # Similarity buffer per chunk when chunk_size is not given: 256 MiB keeps SOP's test set
 # (60,502 items) well under 1 GiB of extra memory while chunks stay large enough for a fast GEMM.
 _CHUNK_BYTES = 256 * 2**20
 # Columns per block in _top_values: one block maximum per 128 similarities.
 _BLOCK = 128
-
-
-def ks_for(dataset_name: str) -> tuple[int, ...]:
-    """Recall@K cut-offs for a dataset, so every run of it reports the same columns."""
-    if dataset_name not in _KS_BY_DATASET:
-        raise ValueError(f"Unknown dataset {dataset_name!r}; choose one of {sorted(_KS_BY_DATASET)}.")
-    return _KS_BY_DATASET[dataset_name]
 
 
 def _normalised(x: torch.Tensor | np.ndarray, name: str, device: torch.device) -> torch.Tensor:
