@@ -163,8 +163,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="6,000 x 128 smoke run instead of SOP's shape")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--repeats", type=int, default=1,
-                        help="runs per method, interleaved; the table shows the fastest (this VM's timings are noisy)")
-    parser.add_argument("--pml-repeats", type=int, default=1, help="runs of each PML method (minutes each at full size)")
+                        help="runs per method, interleaved; the table shows the fastest (shared machines are noisy)")
+    parser.add_argument("--pml-repeats", type=int, default=1,
+                        help="runs of each PML method (minutes each at full size)")
     parser.add_argument("--noise", type=float, help="override the shape's noise scale (Recall@1 falls as it grows)")
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -198,8 +199,8 @@ def main() -> None:
 
     best = {m: min(r, key=lambda run: run["seconds"]) for m, r in runs.items()}
     floor = best.get("matmul-torch")
-    print(f"\n| method | wall s (best of {args.repeats}; PML {args.pml_repeats}) | x floor | CPU s | x floor (CPU) | peak extra MiB "
-          "| load at start |")
+    print(f"\n| method | wall s (best of {args.repeats}; PML {args.pml_repeats}) | x floor | CPU s | x floor (CPU) "
+          "| peak extra MiB | load at start |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for m, run in best.items():
         ratio = f"{run['seconds'] / floor['seconds']:.2f}" if floor else "-"
