@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from trainables.config import RAY_TRIAL_ID_ATTR, SELECTION_METRIC
+from trainables.config import DIVERGED, RAY_TRIAL_ID_ATTR, SELECTION_METRIC
 
 STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
           optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",
@@ -31,8 +31,8 @@ def trials_frame(study: optuna.Study, max_epochs: int) -> pd.DataFrame:
             "number": t.number,
             "ray_trial_id": t.user_attrs.get(RAY_TRIAL_ID_ATTR),
             "state": STATES.get(t.state, t.state.name.lower()),
-            # Why a trial whose loss turned NaN/inf ended (the trainer's message; ray_tune.DIVERGED), else None.
-            "diverged": t.user_attrs.get("diverged"),
+            # Why a trial whose loss turned NaN/inf ended (the trainer's message), else None.
+            DIVERGED: t.user_attrs.get(DIVERGED),
             "epochs": len(curve),
             "full_budget": len(curve) >= max_epochs,
             f"best_{SELECTION_METRIC}": max(curve) if curve else None,
@@ -57,7 +57,7 @@ def select_top(trials: pd.DataFrame, k: int) -> pd.DataFrame:
     budget (their retrain would too), are never selected.
     """
     best = f"best_{SELECTION_METRIC}"
-    usable = trials[trials["state"].isin(["complete", "pruned"]) & trials[best].notna() & trials["diverged"].isna()]
+    usable = trials[trials["state"].isin(["complete", "pruned"]) & trials[best].notna() & trials[DIVERGED].isna()]
     if usable.empty:
         raise RuntimeError("No trial produced a validation score: every trial failed. "
                            "See the trial logs under the run directory's ray/ folder.")

@@ -95,3 +95,5 @@ SELECTION_METRIC = "val_recall@1"
 SELECTION_MODE = "max"
 # Optuna user attribute linking a study trial to its Ray Tune trial (study.db <-> ray/).
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
+# Result key and Optuna user attribute holding why a trial diverged (its loss became NaN/inf).
+DIVERGED = "diverged"

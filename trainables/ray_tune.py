@@ -40,7 +40,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables.config import RAY_TRIAL_ID_ATTR, SELECTION_METRIC, SELECTION_MODE, TrainConfig
+from trainables.config import DIVERGED, RAY_TRIAL_ID_ATTR, SELECTION_METRIC, SELECTION_MODE, TrainConfig
 from trainables.data import build_dataset
 from trainables.data.base import DMLDataset
 from trainables.data.splits import ClassSplit
@@ -53,7 +53,6 @@ STUDY_NAME = "dmltune"
 # checkpoint in a new Ray trial keeps its epoch, while Ray's training_iteration starts again at 1.
 EPOCH = "epoch"
 # Result key and Optuna user attribute of a trial whose loss became NaN/inf: the trainer's message.
-DIVERGED = "diverged"
 # Optuna user attribute: where the trial's latest checkpoint is (a local path or a storage URI).
 CHECKPOINT_ATTR = "checkpoint"
 # Config key of a Ray trial that continues an interrupted study trial: {"trial": number[, "checkpoint": uri]}.
