@@ -5,8 +5,8 @@ retrieves among the other items (itself excluded by index, so an identical dupli
 counts as another item); with a gallery (In-Shop) queries retrieve from the gallery and
 nothing is excluded.
 
-Ties (pessimistic, order-free): an item whose similarity equals a positive's is ranked ahead
-of that positive unless it is itself a positive; tied positives keep their set of positions.
+Ties (pessimistic, order-free): a negative whose similarity equals a positive's (in float32) is
+ranked ahead of that positive; how tied positives are ordered among themselves changes nothing.
 So duplicates of a negative can only lower a score, and the result never depends on item order.
 
 Exclusions: R is the number of the query's class-mates among the retrieved items. Queries with
@@ -16,9 +16,10 @@ metric; each metric is the mean over the remaining queries.
 Speed (DESIGN §7): the chunked similarity product is the floor; nothing here sorts a whole row.
 Recall@K needs only the rank of the best positive, i.e. how many negatives score at least as
 high (one compare-and-count pass); MAP@R needs only the R best negatives (a top-k with k = the
-largest R, small). The same torch code runs on CPU and GPU (the `device` argument). faiss is used
-for k-means (NMI), not for k-NN: its CPU wheel's OpenBLAS falls back to SSE3 on this machine, and
-k-NN with k = 1000 would need the top-k that this module avoids.
+largest R, found from block maxima). The same torch code runs on CPU and GPU (the `device`
+argument). faiss is used for k-means (NMI), not for k-NN: k-NN with k = 1000 needs the top-k this
+module avoids, and the OpenBLAS bundled in the faiss-cpu wheel (0.3.15) falls back to an SSE3
+kernel on CPUs it does not recognise (DESIGN §7 measured 74.6 s for SOP's k-NN on one).
 """
 from __future__ import annotations
 
