@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from results import ledger, tables
+from results import ledger, runlock, tables
 from results.final import AUTO, already_tested, default_top_k, print_final, print_recorded, retrain_and_test
 from results.provenance import code_revision, versions
 from spaces import SPACES, OptimiserDefaults, default_config, define_by_run
@@ -259,6 +259,12 @@ def search_stage(run_dir: Path, cfg: dict[str, Any], folds: list[ClassSplit], ec
 
 
 def run(args: argparse.Namespace, argv: list[str], echo: Any = print) -> int:
+    """Drive the run in args.out (check_args made it) while holding its lock: one driver per run directory."""
+    with runlock.held(args.out):
+        return _drive(args, argv, echo)
+
+
+def _drive(args: argparse.Namespace, argv: list[str], echo: Any) -> int:
     from results.report import REPORT_NAME, write_report  # matplotlib: loaded when a run gets this far, not for --help
 
     run_dir: Path = args.out
@@ -337,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         return run(args, argv)
-    except (UsageError, ledger.TestAlreadyRecorded) as err:
+    except (UsageError, ledger.TestAlreadyRecorded, runlock.RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
