@@ -6,9 +6,12 @@ what is needed to reproduce it; a study that already has ledger entries is not t
 """
 from __future__ import annotations
 
+import functools
+import io
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ AUTO = "auto"
 # results show whether the validation ranking holds. The headline result stays config #1.
 TOP_K = {"glyphs": 1}
 TOP_K_REAL = 3
+FINAL_DIR = "final"  # RUN/final/: the retrained models, kept until (and after) the test stage
 
 
 def default_top_k(dataset: str, trials: int) -> int:
@@ -54,51 +58,137 @@ def final_epochs(trial: pd.Series, setting: int | str) -> int:
 
 def retrain_and_test(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, split: ClassSplit,
                      selected: pd.DataFrame, echo: Any) -> pd.DataFrame:
-    """Retrain each selected config on all training classes, then evaluate the test classes once."""
-    import torch
+    """Retrain each selected config on all training classes, then evaluate the test classes once.
 
+    Each retrained model is kept in RUN/final/ before the test stage: a test stage that fails (an
+    unreadable test image) leaves the ledger empty, and `--resume` tests the kept models instead
+    of retraining them.
+    """
     ledger_path = run_dir / ledger.LEDGER_NAME
     if recorded := ledger.read(ledger_path):  # refuse before hours of retraining, not after
         raise already_tested(ledger_path, recorded)
-    torch.set_num_threads(os.cpu_count() or 1)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    all_train = dataset.subset(np.concatenate([split.fit, split.val]), train=True)
-    models = []
+    classes = np.concatenate([split.fit, split.val])
+    picks = []
     for rank, (_, trial) in enumerate(selected.iterrows(), start=1):
         params = {c.removeprefix("param_"): trial[c] for c in tables.param_columns(selected) if pd.notna(trial[c])}
         for seed in range(cfg["seed"], cfg["seed"] + cfg["seeds"]):
-            tc = TrainConfig.from_params(cfg["loss"], params, **fixed_fields(cfg) | {
-                "epochs": final_epochs(trial, cfg["final_epochs"]), "seed": seed})
-            start = time.perf_counter()
-            trainer = Trainer(tc, all_train, device=device)
-            while trainer.epoch < tc.epochs:
-                trainer.train_epoch()
-            echo(f"retrain: config #{rank} (trial {trial['number']}) seed {seed}: "
-                 f"{tc.epochs} epochs in {time.perf_counter() - start:.0f}s")
-            models.append((rank, trial, tc, trainer, time.perf_counter() - start))
+            picks.append((rank, trial, TrainConfig.from_params(cfg["loss"], params, **fixed_fields(cfg) | {
+                "epochs": final_epochs(trial, cfg["final_epochs"]), "seed": seed})))
+    run = job_runner(cfg)
+    models = retrained(run_dir / FINAL_DIR, picks, classes, dataset, run, echo)
 
     rows, entries = [], []
     with ledger.locked(ledger_path) as recorded:
         if recorded:  # another process tested this study while we retrained
             raise already_tested(ledger_path, recorded)
-        with dataset.test_access():
-            # Evaluate every model before recording any: an unreadable test file then leaves the
-            # ledger empty and the study testable once the file is fixed, not half-recorded.
-            for rank, trial, tc, trainer, seconds in models:
-                metrics = test_metrics(trainer, dataset, cfg["ks"])
-                entry = ledger_entry(run_dir, cfg, dataset, split, tc, metrics, rank, trial, device)
-                entries.append(entry)
-                rows.append({"config_rank": rank, "trial_number": int(trial["number"]),
-                             "config_hash": entry["config_hash"], "seed": tc.seed, "epochs": tc.epochs,
-                             f"best_{SELECTION_METRIC}": float(trial[f"best_{SELECTION_METRIC}"]),
-                             "best_epoch": int(trial["best_epoch"]),
-                             "train_seconds": seconds, **{f"param_{k}": v for k, v in tc.params().items()},
-                             **{f"test_{k}": v for k, v in metrics.items()},
-                             "config": json.dumps(tc.to_dict(), sort_keys=True)})
+        # Evaluate every model before recording any: an unreadable test file then leaves the
+        # ledger empty and the study testable once the file is fixed, not half-recorded.
+        results = run(evaluate_test, dataset,
+                      [(classes, tc, model, cfg["ks"]) for (_, _, tc), (model, _) in zip(picks, models)])
+        for (rank, trial, tc), (_, meta), metrics in zip(picks, models, results):
+            entry = ledger_entry(run_dir, cfg, dataset, split, tc, metrics, rank, trial, meta["device"])
+            entries.append(entry)
+            rows.append({"config_rank": rank, "trial_number": int(trial["number"]),
+                         "config_hash": entry["config_hash"], "seed": tc.seed, "epochs": tc.epochs,
+                         f"best_{SELECTION_METRIC}": float(trial[f"best_{SELECTION_METRIC}"]),
+                         "best_epoch": int(trial["best_epoch"]),
+                         "train_seconds": meta["train_seconds"], **{f"param_{k}": v for k, v in tc.params().items()},
+                         **{f"test_{k}": v for k, v in metrics.items()},
+                         "config": json.dumps(tc.to_dict(), sort_keys=True)})
         ledger.append(ledger_path, *entries)
     final = pd.DataFrame(rows)
     tables.write(final, run_dir / "final.parquet")
     return final
+
+
+def retrained(final_dir: Path, picks: list[tuple[int, pd.Series, TrainConfig]], classes: np.ndarray,
+              dataset: DMLDataset, run: Runner, echo: Any) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every pick's retrained model as checkpoint bytes, with where and how long it trained.
+
+    A model an earlier attempt kept in `final_dir` for exactly this config is reused; the rest are trained now.
+    """
+    paths = [final_dir / f"config{rank}-seed{tc.seed}.pt" for rank, _, tc in picks]
+    models = {i: model for i, (path, (_, _, tc)) in enumerate(zip(paths, picks)) if (model := kept(path, tc))}
+    todo = [i for i in range(len(picks)) if i not in models]
+    final_dir.mkdir(exist_ok=True)
+    for i, model in zip(todo, run(retrain, dataset, [(classes, picks[i][2]) for i in todo])):
+        paths[i].write_bytes(model)
+        models[i] = model
+    out = []
+    for i, (rank, trial, tc) in enumerate(picks):
+        meta = {k: v for k, v in torch_load(models[i]).items() if k != "trainer"}
+        how = f"kept {paths[i]}" if i not in todo else \
+            f"{tc.epochs} epochs in {meta['train_seconds']:.0f}s on {meta['device']}"
+        echo(f"retrain: config #{rank} (trial {trial['number']}) seed {tc.seed}: {how}")
+        out.append((models[i], meta))
+    return out
+
+
+def kept(path: Path, tc: TrainConfig) -> bytes | None:
+    """The model an earlier attempt retrained for exactly this config, if it is there."""
+    if not path.exists():
+        return None
+    model = path.read_bytes()
+    state = torch_load(model)["trainer"]
+    if learned_fields(state["config"]) != learned_fields(tc.to_dict()) or state["epoch"] != tc.epochs:
+        return None
+    return model
+
+
+def retrain(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig], device: str) -> bytes:
+    """Train one config on `classes`; returns the checkpoint as bytes, loadable on any device."""
+    import torch
+
+    classes, tc = job
+    start = time.perf_counter()
+    trainer = Trainer(tc, dataset.subset(classes, train=True), device=device)
+    while trainer.epoch < tc.epochs:
+        trainer.train_epoch()
+    buffer = io.BytesIO()
+    torch.save({"trainer": trainer.state_dict(), "train_seconds": time.perf_counter() - start,
+                "device": device_name(device)}, buffer)
+    return buffer.getvalue()
+
+
+def evaluate_test(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig, bytes, list[int]], device: str) -> dict[str, float]:
+    """Evaluate one retrained model on the test half: the only code that opens it."""
+    classes, tc, model, ks = job
+    trainer = Trainer(tc, dataset.subset(classes, train=True), device=device)
+    trainer.load_state_dict(torch_load(model, device)["trainer"])
+    with dataset.test_access():
+        return test_metrics(trainer, dataset, ks)
+
+
+def torch_load(model: bytes, device: str = "cpu") -> dict[str, Any]:
+    import torch
+
+    return torch.load(io.BytesIO(model), map_location=device, weights_only=True)
+
+
+Runner = Callable[..., list[Any]]  # (job, dataset, items) -> [job(dataset, item, device) for each item]
+
+
+def job_runner(cfg: dict[str, Any]) -> Runner:
+    """Where retrain and test jobs run: where the trials ran.
+
+    On a Ray cluster or with GPU trials they are Ray tasks holding one trial's resources, so they
+    land on the GPU workers (not the driver's CPU head) and run side by side; a local CPU search
+    runs them here, in a process that has everything loaded, one at a time on all cores.
+    """
+    if cfg["address"] or cfg["gpus_per_trial"]:
+        from trainables.ray_tune import run_tasks
+
+        return functools.partial(run_tasks, cpus=cfg["cpus_per_trial"], gpus=cfg["gpus_per_trial"],
+                                 address=cfg["address"])
+    return run_here
+
+
+def run_here(job: Callable[..., Any], dataset: DMLDataset, items: list[Any]) -> list[Any]:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return [job(dataset, item, device) for item in items]
 
 
 def test_metrics(trainer: Trainer, dataset: DMLDataset, ks: list[int]) -> dict[str, float]:
@@ -120,12 +210,12 @@ def ledger_entry(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, split:
                       SELECTION_METRIC: float(trial[f"best_{SELECTION_METRIC}"]),
                       "best_epoch": int(trial["best_epoch"]), "final_epochs": cfg["final_epochs"]},
         "dataset": dataset.fingerprint(), "split": split.to_dict() | {"test": [int(c) for c in dataset.test_classes]},
-        "versions": versions(), "code": code_revision(), "device": _device_name(device),
+        "versions": versions(), "code": code_revision(), "device": device,
         "command": cfg["argv"], "metrics": metrics,
     }
 
 
-def _device_name(device: str) -> str:
+def device_name(device: str) -> str:
     import torch
 
     return torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"

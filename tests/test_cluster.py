@@ -3,20 +3,30 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import conftest
+import numpy as np
 import pytest
 import ray
+import torch
 import yaml
-from ray import tune
+from ray import cloudpickle, tune
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.cluster_utils import Cluster
 from ray_helpers import ResultLog, glyph_setup, space
+from test_final import final_cfg, selected
 
-from trainables.ray_tune import SearchSettings, run_search, trial_device, trial_slots
+from results import ledger
+from results.final import retrain_and_test
+from trainables.data.splits import fixed_split
+from trainables.ray_tune import SearchSettings, run_search, run_tasks, trial_device, trial_slots
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,3 +105,38 @@ def test_trials_spread_over_both_nodes_and_half_gpu_trials_share_a_gpu(two_gpu_n
         # Both halves of one node's GPU: the same device id, and the two trials ran at the same time.
         assert placed[first]["gpu_ids"] == placed[second]["gpu_ids"]
         assert frozenset((first, second)) in concurrency.together
+
+
+def probe(dataset: list[int], item: int, device: str) -> dict[str, Any]:
+    """A final-stage job that reports where it ran and when."""
+    started = time.monotonic()
+    time.sleep(1.0)
+    return {"item": item, "device": device, "gpu_ids": ray.get_runtime_context().get_accelerator_ids()["GPU"],
+            "threads": torch.get_num_threads(), "pid": os.getpid(), "data": sum(dataset),
+            "span": (started, time.monotonic())}
+
+
+def test_final_stage_jobs_are_ray_tasks_with_a_trials_resources_side_by_side(two_gpu_nodes) -> None:
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
+    done = run_tasks(probe, [1, 2, 3], list(range(4)), cpus=1, gpus=0.5, address=None)
+    assert [d["item"] for d in done] == [0, 1, 2, 3] and {d["data"] for d in done} == {6}
+    for d in done:
+        assert d["pid"] != os.getpid() and d["threads"] == 1
+        assert len(d["gpu_ids"]) == 1 and d["device"] == "cpu"  # pretend GPUs: torch sees none
+    # Four half-GPU jobs on two GPUs: all at once, not one after another.
+    assert max(d["span"][0] for d in done) < min(d["span"][1] for d in done)
+
+
+def test_retrain_and_test_on_gpu_tasks_give_the_drivers_results(two_gpu_nodes, blobs, tmp_path) -> None:
+    cloudpickle.register_pickle_by_value(conftest)  # the blobs dataset's class, for the workers
+    split = fixed_split(blobs.train_classes, 0.3, seed=0)
+    results = {}
+    for gpus in ("0", "0.5"):
+        run_dir = tmp_path / gpus
+        run_dir.mkdir()
+        cfg = final_cfg(run_dir, "--seeds", "2", "--gpus-per-trial", gpus)
+        lines: list[str] = []
+        final = retrain_and_test(run_dir, cfg, blobs, split, selected(best_epoch=2), echo=lines.append)
+        assert len(ledger.read(run_dir / ledger.LEDGER_NAME)) == 2 and len(lines) == 2
+        results[gpus] = final.filter(like="test_").to_numpy()
+    np.testing.assert_array_equal(results["0"], results["0.5"])

@@ -425,6 +425,26 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     return budget
 
 
+def run_tasks(job: Callable[..., Any], dataset: DMLDataset, items: Sequence[Any], *, cpus: float, gpus: float,
+              address: str | None) -> list[Any]:
+    """[job(dataset, item, device) for item in items], each item a Ray task holding one trial's resources.
+
+    The final stage's retrains and test evaluations go where the trials went (GPU workers, several
+    at once), not to the driver, which on a cluster sits on the CPU head. The dataset enters the
+    object store once; results come back in the order of `items`.
+    """
+    init_ray(address)
+    task = ray.remote(_on_worker).options(num_cpus=cpus, num_gpus=gpus)
+    shared = ray.put(dataset)
+    return ray.get([task.remote(job, shared, item, max(1, int(cpus))) for item in items])
+
+
+def _on_worker(job: Callable[..., Any], dataset: DMLDataset, item: Any, threads: int) -> Any:
+    torch.set_num_threads(threads)
+    gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    return job(dataset, item, trial_device(gpu_ids, torch.cuda.is_available()))
+
+
 def check_address(address: str, timeout_s: float = 3.0) -> None:
     """Refuse, within seconds, a Ray address nothing answers at: ray.init would retry for minutes.
 

@@ -221,13 +221,16 @@ class Trainer:
         torch.save(self.state_dict(), path)
 
     def load(self, path: str | Path) -> None:
-        """Resume from a checkpoint of the same config (anything else is an error, not a silent mix).
+        """Resume from a checkpoint file of the same config."""
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True), origin=str(path))
+
+    def load_state_dict(self, state: dict[str, Any], origin: str = "the checkpoint") -> None:
+        """Take over a `state_dict()` of the same config (anything else is an error, not a silent mix).
 
         Runtime fields (num_workers) may differ: they change how the run executes, not what it learns.
         """
-        state = torch.load(path, map_location=self.device, weights_only=True)
         if learned_fields(state["config"]) != learned_fields(self.cfg.to_dict()):
-            raise ValueError(f"Checkpoint {path} was written for config {state['config']}, "
+            raise ValueError(f"{origin} was written for config {state['config']}, "
                              f"not this trainer's {self.cfg.to_dict()}; start a new run directory.")
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
