@@ -57,6 +57,11 @@ def test_an_address_that_is_not_host_port_is_refused(capsys, tmp_path) -> None:
     assert "my-cluster" in err and "HOST:PORT" in err
 
 
+def test_a_ray_client_address_is_refused_naming_the_way_that_works(capsys, tmp_path) -> None:
+    err = _refused(["--address", "ray://head:10001"], capsys, tmp_path)
+    assert "ray://head:10001" in err and "head node" in err and "--address auto" in err
+
+
 @pytest.mark.parametrize("argv,expected", [
     pytest.param(["--gpus-per-trial", "0.5"], "no trial could start", id="gpus-without-gpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),

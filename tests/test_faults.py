@@ -22,8 +22,9 @@ from ray_helpers import IMAGE_SIZE, LOSS, ResultLog, glyph_setup, logged_results
 import search
 from results import tables
 from trainables.config import RAY_TRIAL_ID_ATTR, SELECTION_METRIC
-from trainables.ray_tune import (CHECKPOINT_ATTR, DIVERGED, RESUME_KEY, EPOCH, PruningAwareOptunaSearch,
-                                 ResumableASHA, SearchSettings, run_search, study_storage, tpe_sampler)
+from trainables.ray_tune import (CHECKPOINT_ATTR, DIVERGED, EPOCH, RERUN_ATTR, RESUME_KEY, PruningAwareOptunaSearch,
+                                 ResumableASHA, SearchSettings, left_by_earlier_drivers, run_search, study_storage,
+                                 tpe_sampler)
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_EPOCHS = 3  # ASHA rungs at epochs 1 and 3 (grace 1, reduction 3)
@@ -126,6 +127,31 @@ def test_an_interrupted_study_trial_is_handed_out_again_under_its_number(tmp_pat
     assert trial.number == left.number and trial.state == TrialState.COMPLETE
     assert trial.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
     assert trial.user_attrs[CHECKPOINT_ATTR] == f"{tmp_path / 'ray'}/new/checkpoint_000000"
+
+
+def test_an_interrupted_trial_whose_checkpoint_is_gone_runs_again_as_a_new_trial(tmp_path) -> None:
+    study = optuna.create_study(storage=study_storage(tmp_path), study_name="dmltune", direction="maximize")
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    study.tell(study.ask({"lr": lr}), 0.4)  # finished
+    lost = study.ask({"lr": lr})  # reported epoch 1, but its checkpoint was deleted since
+    lost.report(0.5, 1)
+    lost.set_user_attr(CHECKPOINT_ATTR, str(tmp_path / "ray" / "gone" / "checkpoint_000000"))
+    kept_dir = tmp_path / "ray" / "kept" / "checkpoint_000000"
+    kept_dir.mkdir(parents=True)
+    kept = study.ask({"lr": lr})
+    kept.report(0.6, 1)
+    kept.set_user_attr(CHECKPOINT_ATTR, str(kept_dir))
+    fresh = study.ask({"lr": lr})  # interrupted in its first epoch: nothing reported, nothing to mix
+
+    finished, resumed, rerun = left_by_earlier_drivers(study, trials=4)
+    assert [t.number for t in finished] == [0]
+    assert [t.number for t in resumed] == [kept.number, fresh.number]
+    assert rerun == [study.trials[lost.number].params]  # its config runs again under a new number
+    closed = study.trials[lost.number]
+    assert closed.state == TrialState.FAIL and RERUN_ATTR in closed.user_attrs
+    # The closed trial does not use up the budget: a later driver still owes 3 trials beyond the finished one.
+    again, _, _ = left_by_earlier_drivers(study, trials=4)
+    assert [t.number for t in again] == [0]
 
 
 def _snapshot(run_dir: Path) -> dict[int, optuna.trial.FrozenTrial]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
+from results import tables
 from spaces import OptimiserDefaults, default_config, define_by_run
 from trainables.config import SELECTION_METRIC
 from trainables.ray_tune import EPOCH, PruningAwareOptunaSearch, tpe_sampler
@@ -48,3 +49,17 @@ def test_the_papers_defaults_are_a_point_of_the_space() -> None:
     trial = study.ask()
     define_by_run("softtriple", OptimiserDefaults())(trial)
     assert trial.params == defaults
+
+
+def test_a_full_budget_trial_is_told_its_best_epoch_the_number_selection_ranks_it_by(tmp_path) -> None:
+    searcher = _searcher(tmp_path)
+    _run(searcher, "peaked", [0.2, 0.7, 0.5, 0.4])  # the curve peaks at epoch 2 and declines
+    searcher.suggest("broken")
+    searcher.on_trial_result("broken", {SELECTION_METRIC: 0.3, EPOCH: 1})
+    searcher.on_trial_complete("broken", {SELECTION_METRIC: 0.35, EPOCH: 2}, error=True)
+    study = tables.load_study(tmp_path)
+    by_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert by_id["peaked"].state == TrialState.COMPLETE and by_id["peaked"].value == 0.7
+    assert by_id["broken"].state == TrialState.FAIL  # an errored trial is not COMPLETE, whatever it reported
+    frame = tables.trials_frame(study, max_epochs=4).set_index("number")
+    assert frame.loc[by_id["peaked"].number, f"best_{SELECTION_METRIC}"] == by_id["peaked"].value

@@ -14,7 +14,6 @@ from its last checkpoint under its own trial number, and refills ASHA's rungs fr
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -22,11 +21,12 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import optuna
@@ -52,11 +52,14 @@ STUDY_NAME = "dmltune"
 # The progress attribute ASHA and Optuna count in: the trainer's epoch. A trial continued from a
 # checkpoint in a new Ray trial keeps its epoch, while Ray's training_iteration starts again at 1.
 EPOCH = "epoch"
-# Result key and Optuna user attribute of a trial whose loss became NaN/inf: the trainer's message.
 # Optuna user attribute: where the trial's latest checkpoint is (a local path or a storage URI).
 CHECKPOINT_ATTR = "checkpoint"
 # Config key of a Ray trial that continues an interrupted study trial: {"trial": number[, "checkpoint": uri]}.
 RESUME_KEY = "resume"
+# Optuna user attribute of an interrupted trial that had reported epochs but whose checkpoint is gone:
+# it is closed as FAIL and its config runs again as a new trial (Optuna keeps a step's first value,
+# so a rerun under the same number would mix two runs' curves). It does not count against the budget.
+RERUN_ATTR = "rerun"
 EXPERIMENT_DIR = "ray"
 FOLD_METRIC = SELECTION_METRIC.removeprefix("val_")  # the selection metric as Trainer.evaluate names it
 PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"  # Tune's limit on trials waiting for an actor (a user's value wins)
@@ -147,18 +150,16 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             }, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def resume_marker(trial: FrozenTrial) -> dict[str, Any]:
-    """RESUME_KEY's value for an interrupted study trial: its number and its checkpoint, if that still exists."""
-    marker: dict[str, Any] = {"trial": trial.number}
+def last_checkpoint(trial: FrozenTrial) -> str | None:
+    """Where an interrupted study trial's latest checkpoint is, if it still exists."""
     location = trial.user_attrs.get(CHECKPOINT_ATTR)
-    if location:
-        fs, path = pyarrow.fs.FileSystem.from_uri(location)
-        if fs.get_file_info(path).type == pyarrow.fs.FileType.Directory:
-            marker["checkpoint"] = location
-        else:
-            logger.warning("Checkpoint %s of study trial %d is gone; that trial restarts from epoch 1.",
-                           location, trial.number)
-    return marker
+    if not location:
+        return None
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+        logger.warning("Checkpoint %s of study trial %d is gone.", location, trial.number)
+        return None
+    return location
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -168,12 +169,13 @@ class PruningAwareOptunaSearch(OptunaSearch):
     value, so a config stopped after one epoch looks like a finished one with a low score and
     TPE's model of "good" is built from mixed budgets. Optuna records a PRUNED trial's last
     intermediate value (already reported each epoch) and TPE ranks pruned trials by the step
-    they reached. Each Optuna trial also records its Ray trial id (linking study.db to ray/), the
-    location of its latest checkpoint, and why it diverged if it did.
+    they reached. A trial that ran the full budget is told its best epoch's value, the number
+    selection ranks it by, not its last. Each Optuna trial also records its Ray trial id (linking
+    study.db to ray/), the location of its latest checkpoint, and why it diverged if it did.
 
     `resume` are study trials an earlier driver left RUNNING: the first suggestions hand them out
-    again (same trial number, same params, RESUME_KEY naming the checkpoint to continue from), and
-    `on_resume(ray_trial_id, curve)` lets the scheduler learn what they already reported.
+    again (same trial number, same params, RESUME_KEY naming the checkpoint to continue from, if
+    any), and `on_resume(ray_trial_id, curve)` lets the scheduler learn what they already reported.
     """
 
     def __init__(self, *args: Any, max_t: int, checkpoint_root: str, resume: Sequence[FrozenTrial] = (),
@@ -184,14 +186,19 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._resume = list(resume)
         self._on_resume = on_resume
         self._last_step: dict[str, int] = {}  # Ray trial id -> last epoch reported to Optuna
+        self._best: dict[str, float] = {}  # Ray trial id -> best value reported to Optuna
 
     def suggest(self, trial_id: str) -> dict | None:
         if self._resume:
             past = self._resume.pop(0)
             # Optuna has no public call that reopens a RUNNING trial; Study.ask reopens WAITING ones this way.
             self._ot_trials[trial_id] = optuna.Trial(self._ot_study, past._trial_id)
-            config = dict(past.params) | {RESUME_KEY: resume_marker(past)}
-            if self._on_resume and "checkpoint" in config[RESUME_KEY]:
+            checkpoint = last_checkpoint(past)
+            config = dict(past.params) | {RESUME_KEY: {"trial": past.number} | ({"checkpoint": checkpoint}
+                                                                                 if checkpoint else {})}
+            for step, value in past.intermediate_values.items():
+                self._note(trial_id, value, step)
+            if self._on_resume and checkpoint:
                 self._on_resume(trial_id, past.intermediate_values)
         else:
             config = super().suggest(trial_id)
@@ -203,7 +210,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return
         ot_trial = self._ot_trials[trial_id]
         ot_trial.report(result[self.metric], result[EPOCH])
-        self._last_step[trial_id] = result[EPOCH]
+        self._note(trial_id, result[self.metric], result[EPOCH])
         if result.get(CHECKPOINT_DIR_NAME):  # already on storage: the worker uploads it before reporting
             ot_trial.set_user_attr(CHECKPOINT_ATTR, f"{self.checkpoint_root}/{trial_id}/{result[CHECKPOINT_DIR_NAME]}")
 
@@ -220,11 +227,19 @@ class PruningAwareOptunaSearch(OptunaSearch):
         # or a trial stopped at its first rung reaches Optuna with no value at all.
         if value is not None and self._last_step.get(trial_id) != step:
             ot_trial.report(value, step)
-        if error or value is None or step >= self.max_t:
-            super().on_trial_complete(trial_id, result or None, error)
-            return
-        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            self._note(trial_id, value, step)
+        if error:  # Ray's OptunaSearch would call an errored trial that had reported COMPLETE
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif value is not None and step >= self.max_t:
+            self._ot_study.tell(ot_trial, self._best[trial_id])
+        else:  # stopped by ASHA (or before its first result): Optuna keeps its last reported value
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+    def _note(self, trial_id: str, value: float, step: int) -> None:
+        self._last_step[trial_id] = step
+        best = self._best.get(trial_id)
+        self._best[trial_id] = value if best is None else (max if self._mode == "max" else min)(best, value)
 
 
 class ResumableASHA(ASHAScheduler):
@@ -274,7 +289,7 @@ class ProgressLines(tune.Callback):
                       f"from {where}: {params}")
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._finish(trial, "failed" if trial.status == Trial.ERROR else None)
+        self._finish(trial, None)  # Tune reports a trial that errored to on_trial_error only
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial, "failed")
@@ -348,48 +363,57 @@ def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
     return max(1, slots)
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    """Set an environment variable for the duration of a block (Tune reads some knobs only from there)."""
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[name]
+def left_by_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[FrozenTrial], list[FrozenTrial],
+                                                                        list[dict[str, Any]]]:
+    """What a study holds for a driver with a budget of `trials`: (finished, to continue, configs to rerun).
+
+    Finished trials count against the budget. Interrupted (RUNNING) trials continue under their own
+    numbers, from their last checkpoint or, if they reported nothing yet, from epoch 1. One that
+    reported epochs but whose checkpoint is gone is closed as FAIL (RERUN_ATTR) and its config is
+    returned to run again as a new trial. Interrupted trials beyond the budget (--trials lowered) fail.
+    """
+    past = study.get_trials(deepcopy=False)
+    finished = [t for t in past if t.state.is_finished() and RERUN_ATTR not in t.user_attrs]
+    interrupted = [t for t in past if t.state == TrialState.RUNNING]
+    budget = max(trials - len(finished), 0)
+    for t in interrupted[budget:]:
+        study.tell(t.number, state=TrialState.FAIL)
+    resumed, rerun = [], []
+    for t in interrupted[:budget]:
+        if t.intermediate_values and last_checkpoint(t) is None:
+            optuna.Trial(study, t._trial_id).set_user_attr(RERUN_ATTR, "its checkpoint was gone on resume")
+            study.tell(t.number, state=TrialState.FAIL)
+            rerun.append(t.params)
         else:
-            os.environ[name] = before
+            resumed.append(t)
+    return finished, resumed, rerun
 
 
 def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial], Any],
                first_points: list[dict[str, float]], settings: SearchSettings,
-               echo: Callable[[str], None] = print, callbacks: Sequence[tune.Callback] = ()) -> int:
+               echo: Callable[[str], None] = print, callbacks: Sequence[tune.Callback] = ()) -> None:
     """Run the study up to its budget: TPE proposals, ASHA stopping, trials in parallel under Ray Tune.
 
     The study lives in `run_dir/study.db` (optuna-dashboard reads it); Ray's experiment in
     `run_dir/ray` unless `settings.storage_path` points at storage every node reaches. On a study
     an earlier driver left unfinished, finished trials stay as they are (TPE learns from them
     and ASHA's rungs are refilled from their curves), interrupted ones continue from their last
-    checkpoint, and only the rest of the budget is proposed anew. Returns how many Ray trials ran.
+    checkpoint, and only the rest of the budget is proposed anew.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = study_storage(run_dir)
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
                                 direction="maximize" if SELECTION_MODE == "max" else "minimize")
     past = study.get_trials(deepcopy=False)
-    finished = [t for t in past if t.state.is_finished()]
-    interrupted = [t for t in past if t.state == TrialState.RUNNING]
+    finished, resumed, rerun = left_by_earlier_drivers(study, settings.trials)
     budget = settings.trials - len(finished)
-    for t in interrupted[max(budget, 0):]:  # only if --trials was lowered below what had started
-        study.tell(t.number, state=TrialState.FAIL)
     if budget <= 0:
-        return 0
-    resumed = interrupted[:budget]
+        return
     init_ray(settings.address, dashboard=settings.dashboard)
     if past:
         echo(f"resume: {len(finished)} finished trials kept, {len(resumed)} interrupted trials continue, "
-             f"{budget - len(resumed)} new")
+             + (f"{len(rerun)} whose checkpoint is gone run again as new trials, " if rerun else "")
+             + f"{budget - len(resumed) - len(rerun)} new")
     scheduler = ResumableASHA(max_t=settings.max_epochs, grace_period=settings.grace_period,
                               reduction_factor=settings.reduction_factor)
     for t in finished:
@@ -400,7 +424,7 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
              f"mount {storage_path} will fail to write checkpoints. Give a directory every node mounts or an "
              "s3:// / gs:// URI.")
     searcher = PruningAwareOptunaSearch(
-        space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE, points_to_evaluate=[] if past else first_points,
+        space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE, points_to_evaluate=rerun if past else first_points,
         sampler=tpe_sampler(settings.trials, settings.seed + len(finished)), study_name=STUDY_NAME,
         storage=storage, max_t=settings.max_epochs, checkpoint_root=f"{storage_path}/{name}", resume=resumed,
         on_resume=scheduler.replay)
@@ -420,9 +444,8 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     # one actor start-up (seconds: imports, data) after another. Constant-liar TPE proposes well
     # for trials still pending, so let every slot's trial start at once.
     pending = os.environ.get(PENDING_ENV) or str(trial_slots(settings.cpus_per_trial, settings.gpus_per_trial))
-    with _env(PENDING_ENV, pending):
+    with mock.patch.dict(os.environ, {PENDING_ENV: pending}):
         tuner.fit()
-    return budget
 
 
 def run_tasks(job: Callable[..., Any], dataset: DMLDataset, items: Sequence[Any], *, cpus: float, gpus: float,
@@ -452,7 +475,13 @@ def check_address(address: str, timeout_s: float = 3.0) -> None:
     """
     from ray._private.services import canonicalize_bootstrap_address_or_die
 
-    target = address.removeprefix("ray://")
+    if address.startswith("ray://"):
+        # Under Ray Client, Tune runs the search on the cluster: study.db, the run directory and the
+        # progress lines would all be on the head node, not here.
+        raise ValueError(f"--address {address}: Ray Client (ray://) is not supported, because the study and "
+                         "the run directory must live where the search runs. Run search.py on the cluster's "
+                         "head node (ray attach cluster.yaml) with --address auto.")
+    target = address
     if target == "auto":
         try:  # Ray's own lookup: RAY_ADDRESS, then the cluster `ray start` last recorded on this machine
             target = canonicalize_bootstrap_address_or_die("auto")
@@ -462,7 +491,7 @@ def check_address(address: str, timeout_s: float = 3.0) -> None:
                              "or drop --address to use a local Ray.") from None
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"--address {address} is not HOST:PORT, ray://HOST:PORT or auto.")
+        raise ValueError(f"--address {address} is not HOST:PORT or auto.")
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as err:
