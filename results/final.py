@@ -236,6 +236,17 @@ def mean_std(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), (float(values.std(ddof=1)) if len(values) > 1 else 0.0)
 
 
+def pm_text(values: np.ndarray, sep: str = " ± ") -> str:
+    """Values (already in %) as mean ± sample std over seeds, or the mean alone for one seed."""
+    mean, std = mean_std(values)
+    return f"{mean:.2f}{sep}{std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def param_text(name: str, value: Any) -> str:
+    """One searched parameter as the result tables show it: floats to 4 significant digits."""
+    return f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+
+
 def recall_ks(frame: pd.DataFrame) -> list[int]:
     return sorted(int(c.removeprefix("test_recall@")) for c in frame.columns if c.startswith("test_recall@"))
 
@@ -245,15 +256,11 @@ def print_final(final: pd.DataFrame, ks: list[int], echo: Any) -> None:
     echo(f"{'config':>6} {'trial':>5} {'seeds':>5} {'epochs':>6} {'val R@1':>8} "
          + " ".join(f"{'test R@' + str(k):>14}" for k in ks))
     for rank, group in final.groupby("config_rank"):
-        cells = []
-        for k in ks:
-            mean, std = mean_std(100 * group[f"test_recall@{k}"].to_numpy())
-            cells.append(f"{mean:6.2f} ± {std:5.2f}" if len(group) > 1 else f"{mean:6.2f}")
+        cells = [pm_text(100 * group[f"test_recall@{k}"].to_numpy()) for k in ks]
         echo(f"{'#' + str(rank):>6} {group['trial_number'].iloc[0]:>5} {len(group):>5} {group['epochs'].iloc[0]:>6} "
              f"{100 * group[f'best_{SELECTION_METRIC}'].iloc[0]:8.2f} " + " ".join(f"{c:>14}" for c in cells))
         params = {c.removeprefix("param_"): group[c].iloc[0] for c in tables.param_columns(group)}
-        echo(f"{'':>6} " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                     for k, v in params.items()))
+        echo(f"{'':>6} " + ", ".join(param_text(k, v) for k, v in params.items()))
     if final["seed"].nunique() > 1:
         echo("(test: mean ± sample std over seeds; val R@1: the search trial's best epoch on validation classes)")
 

@@ -31,18 +31,25 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from results import ledger, tables  # noqa: E402
-from results.final import ledger_frame, mean_std, recall_ks  # noqa: E402
+from results.final import AUTO, ledger_frame, param_text, pm_text, recall_ks  # noqa: E402
 from spaces import OptimiserDefaults, default_config  # noqa: E402
-from trainables.config import SELECTION_METRIC  # noqa: E402
+from trainables.config import DIVERGED, SELECTION_METRIC  # noqa: E402
 
 REPORT_NAME = "report.html"
 # fANOVA on fewer full-budget trials than this is noise (a forest fitted to a handful of points).
 MIN_IMPORTANCE_TRIALS = 4
-STATE_STYLE = {  # one look per trial state, shared by every plot and its legend
-    "complete": {"color": "tab:blue", "label": "complete (full budget)"},
-    "pruned": {"color": "0.55", "label": "pruned by ASHA"},
-    "failed": {"color": "tab:red", "label": "failed"},
+# One look per shown trial state (`shown_states`), shared by every plot and its legend: the mark on
+# scatters and at the end of a curve (filled or hollow), and the curve's line style.
+STATE_STYLE = {
+    "complete": {"color": "tab:blue", "marker": "o", "filled": True, "ls": "-", "label": "complete (full budget)"},
+    "pruned": {"color": "0.55", "marker": "o", "filled": False, "ls": "--", "label": "pruned by ASHA"},
+    "diverged": {"color": "tab:olive", "marker": "v", "filled": True, "ls": "--", "label": "diverged (loss NaN/inf)"},
+    "unfinished": {"color": "tab:cyan", "marker": "s", "filled": False, "ls": "-.",
+                   "label": "unfinished (running or waiting)"},
+    "failed": {"color": "tab:red", "marker": "x", "filled": True, "ls": "-", "label": "failed"},
 }
+# Tested metrics other than Recall@K, as the final table heads them (any other is shown by its own name).
+METRIC_NAMES = {"map@r": "MAP@R", "r_precision": "R-Precision"}
 SELECTED_COLORS = ("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 DEFAULTS_COLOR = "black"
 
@@ -54,8 +61,9 @@ class Run:
     dir: Path
     config: dict[str, Any]
     study: optuna.Study
-    trials: pd.DataFrame
+    trials: pd.DataFrame  # tables.trials_frame, plus the state the report shows ("shown", see shown_states)
     entries: list[dict[str, Any]]
+    tested: pd.DataFrame | None  # the ledger's entries as final.ledger_frame rows; None before the test stage
     final: pd.DataFrame | None  # final.parquet (retrain timings); None before the test stage
     defaults_trial: int | None  # the trial that ran the paper's defaults
     selected: list[int]  # trial numbers retrained and tested, by rank; empty before the test stage
@@ -79,13 +87,22 @@ def load(run_dir: Path) -> Run:
     trials = tables.trials_frame(study, config["command"]["max_epochs"])
     if trials.empty:
         raise ReportError(f"{run_dir} has no trials yet; continue it with search.py --resume --out {run_dir}.")
+    trials["shown"] = shown_states(trials)
     entries = ledger.read(run_dir / ledger.LEDGER_NAME)
-    tested = ledger_frame(entries).drop_duplicates("config_rank").sort_values("config_rank") if entries else None
+    tested = ledger_frame(entries) if entries else None
+    configs = tested.drop_duplicates("config_rank").sort_values("config_rank") if tested is not None else None
     final_path = run_dir / "final.parquet"
-    return Run(dir=run_dir, config=config, study=study, trials=trials, entries=entries,
+    return Run(dir=run_dir, config=config, study=study, trials=trials, entries=entries, tested=tested,
                final=pd.read_parquet(final_path) if final_path.exists() else None,
                defaults_trial=defaults_trial(study, config["command"]),
-               selected=[] if tested is None else [int(t) for t in tested["trial_number"]])
+               selected=[] if configs is None else [int(t) for t in configs["trial_number"]])
+
+
+def shown_states(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's state as the report shows it: Optuna's, except that a diverged trial (told to Optuna as
+    PRUNED, its reason in the `diverged` column) is "diverged", and running or waiting ones are "unfinished"."""
+    state = trials["state"].replace({"running": "unfinished", "waiting": "unfinished"})
+    return state.mask(trials[DIVERGED].notna(), "diverged")
 
 
 def defaults_trial(study: optuna.Study, cmd: dict[str, Any]) -> int | None:
@@ -108,16 +125,25 @@ def _png(fig: plt.Figure, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _legend_handles(run: Run, extra: list[Any], with_failed: bool = False) -> list[Any]:
-    """One entry per trial state present (failed ones only where they are drawn), then `extra`."""
-    present = set(run.trials["state"]) - (set() if with_failed else {"failed"})
-    return [Line2D([], [], marker="x" if state == "failed" else "o", ls="", color=s["color"],
-                   mfc="none" if state == "pruned" else s["color"], mew=1.5, label=s["label"])
-            for state, s in STATE_STYLE.items() if state in present] + extra
+def _mark(state: str) -> dict[str, Any]:
+    """Line2D keywords of a state's mark (hollow states show only its outline)."""
+    s = STATE_STYLE[state]
+    return {"marker": s["marker"], "color": s["color"], "mfc": s["color"] if s["filled"] else "none", "mew": 1.5}
 
 
-def _state_legend(ax: plt.Axes, run: Run, extra: list[Any], with_failed: bool = False) -> None:
-    ax.legend(handles=_legend_handles(run, extra, with_failed), loc="best", fontsize=9, framealpha=0.9)
+def _legend_handles(drawn: set[str], extra: list[Any], curves: bool = False) -> list[Any]:
+    """One entry per trial state drawn (as a curve or a scatter mark), in STATE_STYLE's order, then `extra`."""
+    return [Line2D([], [], ls=s["ls"] if curves else "", lw=1.4, ms=6, label=s["label"], **_mark(state))
+            for state, s in STATE_STYLE.items() if state in drawn] + extra
+
+
+def _scatter_states(ax: plt.Axes, points: pd.DataFrame, x: str, y: str, size: float) -> set[str]:
+    """Each row of `points` as its shown state's mark at (x, y); returns the states drawn, for the legend."""
+    for state, part in points.groupby("shown"):
+        s = STATE_STYLE[state]
+        fill = {"color": s["color"]} if s["filled"] else {"facecolors": "none", "edgecolors": s["color"]}
+        ax.scatter(part[x], part[y], s=size, marker=s["marker"], linewidths=1.5, zorder=3, **fill)
+    return set(points["shown"])
 
 
 def _tested_label(run: Run, rank: int, number: int) -> str:
@@ -154,21 +180,19 @@ def _overlay_special(ax: plt.Axes, run: Run, x_of: Any, y_of: Any) -> None:
 
 
 def history_figure(run: Run) -> plt.Figure:
-    """Each trial's best validation R@1 in the order trials started, and the best full-budget value so far."""
+    """Each trial's best validation R@1 in the order trials started, and the best full-budget value so far.
+
+    A failed trial without a score stands at 0; an unfinished one without a score is left out (`unscored_note`).
+    """
     trials, best = run.trials, f"best_{SELECTION_METRIC}"
     fig, ax = plt.subplots(figsize=(10, 4.2))
-    for state, style in STATE_STYLE.items():
-        part = trials[(trials["state"] == state) & trials[best].notna()]
-        ax.scatter(part["number"], 100 * part[best], s=36, color=style["color"],
-                   facecolors="none" if state == "pruned" else style["color"], linewidths=1.5, zorder=3)
-    complete = trials[trials["state"] == "complete"].sort_values("number")
-    if len(complete):  # drawn to the last trial: later pruned or failed trials did not beat it
+    points = trials.assign(y=100 * trials[best].where(trials[best].notna() | (trials["shown"] != "failed"), 0.0))
+    drawn = _scatter_states(ax, points[points["y"].notna()], "number", "y", 36)
+    complete = trials[trials["shown"] == "complete"].sort_values("number")
+    if len(complete):  # drawn to the last trial: later trials did not beat it at the full budget
         running = 100 * complete[best].cummax()
         ax.step([*complete["number"], trials["number"].max()], [*running, running.iloc[-1]], where="post",
                 color="tab:blue", alpha=0.6)
-    failed = trials[trials[best].isna()]
-    if len(failed):
-        ax.scatter(failed["number"], np.zeros(len(failed)), marker="x", color="tab:red", zorder=3)
     value = trials.set_index("number")[best]
     _overlay_special(ax, run, lambda n: n, lambda n: 100 * value[n])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -177,9 +201,20 @@ def history_figure(run: Run) -> plt.Figure:
     ax.set_ylabel("best validation Recall@1 (%)")
     ax.set_title("Optimisation history (pruned trials: best value before ASHA stopped them)")
     ax.grid(alpha=0.3)
-    _state_legend(ax, run, _special_legend(run, curves=False) + ([Line2D(
-        [], [], color="tab:blue", alpha=0.6, label="best complete so far")] if len(complete) else []), with_failed=True)
+    ax.legend(handles=_legend_handles(drawn, _special_legend(run, curves=False) + ([Line2D(
+        [], [], color="tab:blue", alpha=0.6, label="best complete so far")] if len(complete) else [])),
+        loc="best", fontsize=9, framealpha=0.9)
     return fig
+
+
+def unscored_note(run: Run) -> str:
+    """The trials no plot places: no validation score, and not failed (failed ones stand at 0 in the history)."""
+    trials = run.trials
+    missing = trials[trials[f"best_{SELECTION_METRIC}"].isna() & (trials["shown"] != "failed")]
+    if missing.empty:
+        return ""
+    listed = ", ".join(f"{n} ({state})" for n, state in zip(missing["number"], missing["shown"]))
+    return f"<p class=caption>Not drawn: trial(s) {listed}, which had reported no validation score.</p>"
 
 
 def asha_rungs(cmd: dict[str, Any]) -> list[int]:
@@ -192,21 +227,21 @@ def asha_rungs(cmd: dict[str, Any]) -> list[int]:
 
 
 def curves_figure(run: Run) -> plt.Figure:
-    """Every trial's validation curve: complete in blue, pruned grey and dashed, tested configs highlighted."""
+    """Every trial's validation curve in its state's style (complete solid blue, pruned grey and dashed, each
+    stopped trial's mark where it stopped), tested configs and the defaults highlighted."""
     curve_col = f"{SELECTION_METRIC}_curve"
     fig, ax = plt.subplots(figsize=(10, 4.8))
     special = set(run.selected) | {run.defaults_trial}
+    drawn: set[str] = set()
     for _, t in run.trials.iterrows():
         curve = 100 * np.asarray(t[curve_col], dtype=float)
         if not len(curve) or t["number"] in special:
             continue
-        epochs = np.arange(1, len(curve) + 1)
-        if t["state"] == "pruned":
-            ax.plot(epochs, curve, ls="--", lw=1.2, color=STATE_STYLE["pruned"]["color"], marker="x", ms=7, mew=1.5,
-                    markevery=[len(curve) - 1], alpha=0.8)
-        else:
-            ax.plot(epochs, curve, lw=1.4, color=STATE_STYLE.get(t["state"], STATE_STYLE["failed"])["color"],
-                    alpha=0.7, marker="o", ms=3)
+        full = t["shown"] == "complete"  # marked at every epoch; the others only where they stopped
+        ax.plot(np.arange(1, len(curve) + 1), curve, ls=STATE_STYLE[t["shown"]]["ls"], lw=1.4 if full else 1.2,
+                alpha=0.7 if full else 0.8, ms=3 if full else 7, markevery=None if full else [len(curve) - 1],
+                **_mark(t["shown"]))
+        drawn.add(t["shown"])
     rows = run.trials.set_index("number")
     for rank, number in enumerate(run.selected, 1):
         curve = 100 * np.asarray(rows.loc[number, curve_col], dtype=float)
@@ -220,15 +255,10 @@ def curves_figure(run: Run) -> plt.Figure:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (dotted: ASHA rungs)")
     ax.set_ylabel("validation Recall@1 (%)")
-    ax.set_title("Validation curves of every trial (x: where ASHA stopped a pruned trial)")
+    ax.set_title("Validation curves of every trial (a mark ends the curve of a trial that stopped early)")
     ax.grid(alpha=0.3)
-    present = set(run.trials["state"])
-    states = [Line2D([], [], lw=1.4, marker="o", ms=3, color=STATE_STYLE["complete"]["color"],
-                     label=STATE_STYLE["complete"]["label"])] if "complete" in present else []
-    if "pruned" in present:
-        states.append(Line2D([], [], lw=1.2, ls="--", marker="x", ms=7, mew=1.5, color=STATE_STYLE["pruned"]["color"],
-                             label=STATE_STYLE["pruned"]["label"]))
-    ax.legend(handles=states + _special_legend(run, curves=True), loc="best", fontsize=9, framealpha=0.9)
+    ax.legend(handles=_legend_handles(drawn, _special_legend(run, curves=True), curves=True), loc="best", fontsize=9,
+              framealpha=0.9)
     return fig
 
 
@@ -243,12 +273,11 @@ def slices_figure(run: Run) -> plt.Figure | None:
     fig, axes = plt.subplots(rows_n, cols, figsize=(10, 2.9 * rows_n + 0.8), squeeze=False, sharey=True)
     best = f"best_{SELECTION_METRIC}"
     scored = run.trials[run.trials[best].notna()].set_index("number")
+    scored = scored.assign(y=100 * scored[best])
+    drawn: set[str] = set()
     for ax, name in zip(axes.flat, params):
         column = f"param_{name}"
-        for state, style in STATE_STYLE.items():
-            part = scored[scored["state"] == state]
-            ax.scatter(part[column], 100 * part[best], s=30, color=style["color"], linewidths=1.5,
-                       facecolors="none" if state == "pruned" else style["color"], zorder=3)
+        drawn |= _scatter_states(ax, scored, column, "y", 30)
         _overlay_special(ax, run, lambda n, c=column: scored.loc[n, c], lambda n: 100 * scored.loc[n, best])
         dist = ranges.get(name)
         if getattr(dist, "log", False):
@@ -266,7 +295,7 @@ def slices_figure(run: Run) -> plt.Figure | None:
     for ax in axes.flat[len(params):]:
         ax.set_visible(False)
     axes[0, 0].margins(y=0.1)
-    handles = _legend_handles(run, _special_legend(run, curves=False))
+    handles = _legend_handles(drawn, _special_legend(run, curves=False))
     fig.suptitle("Parameter slices: each trial's value (x, whole search range) against its best validation "
                  "Recall@1", y=1.0)
     fig.tight_layout(rect=(0, 0.7 / (2.9 * rows_n + 0.8), 1, 1))
@@ -274,16 +303,15 @@ def slices_figure(run: Run) -> plt.Figure | None:
     return fig
 
 
-def importances(run: Run) -> dict[str, float] | str:
-    """fANOVA importances over the full-budget trials, or why there are none (a sentence)."""
-    complete = int(run.trials["state"].eq("complete").sum())
+def importances(study: optuna.Study, complete: int) -> dict[str, float] | str:
+    """fANOVA importances over the `complete` full-budget trials, or why there are none (a sentence)."""
     if complete < MIN_IMPORTANCE_TRIALS:
         return (f"{complete} trial(s) ran the full budget, and importance over fewer than {MIN_IMPORTANCE_TRIALS} "
                 "is noise; pruned trials are left out because their scores come from shorter budgets. "
                 "Run more --trials to get it.")
     try:
         found = optuna.importance.get_param_importances(
-            run.study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except (RuntimeError, ValueError) as err:  # e.g. every complete trial has the same score
         return f"optuna.importance failed on this study: {err}."
     return dict(found) or "the full-budget trials share no searched parameter."
@@ -303,10 +331,10 @@ def importance_figure(found: dict[str, float], complete: int) -> plt.Figure:
 
 
 def importance_section(run: Run) -> str:
-    found = importances(run)
+    complete = int(run.trials["state"].eq("complete").sum())  # the trials Optuna's evaluator reads: COMPLETE ones
+    found = importances(run.study, complete)
     if isinstance(found, str):
         return f"<p class=note>Not computed: {html.escape(found)}</p>"
-    complete = int(run.trials["state"].eq("complete").sum())
     return (_png(importance_figure(found, complete), "hyperparameter importance")
             + f"<p class=caption>optuna.importance with fANOVA (a random forest, seed 0) over the {complete} trials "
               "that ran the full budget; with few trials the shares are rough.</p>")
@@ -320,12 +348,7 @@ def _pct(value: float) -> str:
 
 def _pm(values: pd.Series) -> str:
     """A metric in % as mean ± sample std over seeds (the mean alone for one seed)."""
-    mean, std = mean_std(100 * values.to_numpy())
-    return f"{mean:.2f}&nbsp;±&nbsp;{std:.2f}" if len(values) > 1 else f"{mean:.2f}"
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+    return pm_text(100 * values.to_numpy(), "&nbsp;±&nbsp;")
 
 
 def _classes(ids: list[int]) -> str:
@@ -338,9 +361,9 @@ def _validation_sentence(cmd: dict[str, Any], split: dict[str, Any]) -> tuple[st
     if "folds" in split:  # --protocol kfold
         folds = split["folds"]
         train = len(folds[0]["fit"]) + len(folds[0]["val"])
-        searched = cmd.get("search_folds") or len(folds)
         return (f"The training classes were dealt into <b>{len(folds)} validation folds</b> (seed {cmd['seed']}, "
-                f"~{len(folds[0]['val'])} classes each); a trial trained one model per fold on the first {searched} "
+                f"~{len(folds[0]['val'])} classes each); a trial trained one model per fold on the first "
+                f"{cmd['search_folds']} "
                 "folds, each on the other folds' classes, and was scored by their mean validation Recall@1."), train
     fit, val = split["fit"], split["val"]
     return (f"A random {100 * cmd['val_fraction']:.0f}% of the training classes (seed {cmd['seed']}) became "
@@ -352,14 +375,14 @@ def protocol_paragraph(run: Run) -> str:
     cmd, split, data = run.cmd, run.config["split"], run.config["dataset"]
     validation, train = _validation_sentence(cmd, split)
     test = split["test"]
-    rule = ("each config's best validation epoch (<code>--final-epochs auto</code>)" if cmd["final_epochs"] == "auto"
+    rule = ("each config's best validation epoch (<code>--final-epochs auto</code>)" if cmd["final_epochs"] == AUTO
             else f"{cmd['final_epochs']} epochs (fixed in advance)")
     tested = (f"tested once on {html.escape(run.entries[0]['time'])}, {len(run.entries)} ledger entries"
               if run.entries else "<b>not tested yet</b>: the test classes have not been opened")
     return (
         f"<p><b>{html.escape(cmd['dataset'])}</b> ({data['items']} images, fingerprint "
         f"<code>{html.escape(data['sha256_16'])}</code>) splits by class: {train} training classes, "
-        f"{len(test)} test classes. {validation} <b>Search</b>: {cmd['trials']} configs of "
+        f"{len(test)} test classes. {validation} <b>Search</b>: {len(run.trials)} configs of "
         f"<b>{html.escape(cmd['loss'])}</b> proposed by Optuna TPE (the paper's defaults first), trained as Ray "
         f"Tune trials for up to {cmd['max_epochs']} epochs and scored by validation Recall@1 after every epoch; "
         f"ASHA (grace {cmd['grace_period']}, reduction {cmd['reduction_factor']}) stopped weak trials and Optuna "
@@ -376,14 +399,23 @@ def defaults_paragraph(run: Run) -> str:
         return "<p>The paper's defaults were not among the trials (a resumed study adds them only at its start).</p>"
     best = f"best_{SELECTION_METRIC}"
     rows = run.trials.set_index("number")
-    t = rows.loc[run.defaults_trial]
+    t, number = rows.loc[run.defaults_trial], run.defaults_trial
+    state, epochs = t["shown"], t["epochs"]
+    if state == "diverged":  # the trainer's reason names the epoch and the config
+        return (f"<p>The <b>paper's defaults</b> (trial {number}) diverged, so they were never selected: "
+                f"{html.escape(str(t[DIVERGED]).rstrip('.'))}.</p>")
     if pd.isna(t[best]):
-        return f"<p>The paper's defaults (trial {run.defaults_trial}) failed: no validation score.</p>"
-    scored = run.trials[run.trials[best].notna()]
-    rank = int((scored[best] > t[best]).sum()) + 1
-    how = "ran the full budget" if t["state"] == "complete" else f"was pruned after epoch {t['epochs']}"
-    text = (f"<p>The <b>paper's defaults</b> (trial {run.defaults_trial}) reached validation Recall@1 "
-            f"<b>{_pct(t[best])}</b> at epoch {int(t['best_epoch'])} and {how}: rank {rank} of {len(scored)} trials. ")
+        why = ("had not finished an epoch when this report was written" if state == "unfinished"
+               else f"{state} before their first epoch")
+        return f"<p>The paper's defaults (trial {number}) {why}: no validation score.</p>"
+    how = {"complete": "ran the full budget", "pruned": f"were pruned by ASHA after epoch {epochs}",
+           "failed": f"failed after epoch {epochs}",
+           "unfinished": f"had run {epochs} epoch(s) when this report was written"}[state]
+    order = list(tables.ranked(run.trials)["number"])
+    rank = (f"rank {order.index(number) + 1} of {len(order)} in the selection order (full-budget trials first)"
+            if number in order else "not ranked: only complete and pruned trials are selected")
+    text = (f"<p>The <b>paper's defaults</b> (trial {number}) reached validation Recall@1 "
+            f"<b>{_pct(t[best])}</b> at epoch {int(t['best_epoch'])} and {how}: {rank}. ")
     if run.selected:
         top = rows.loc[run.selected[0]]
         if run.defaults_trial in run.selected:
@@ -397,22 +429,24 @@ def defaults_paragraph(run: Run) -> str:
 
 def final_table(run: Run) -> str:
     """Validation (search) against test (retrain) per tested config, mean ± std over seeds."""
-    if not run.entries:
+    frame = run.tested
+    if frame is None:
         return "<p class=note>No test result yet: the run stopped before its test stage.</p>"
-    frame = ledger_frame(run.entries)
     ks = recall_ks(frame)
-    extra = [c for c in ("test_map@r",) if c in frame.columns]
+    others = [c.removeprefix("test_") for c in frame.columns
+              if c.startswith("test_") and not c.startswith("test_recall@")]
+    metrics = [f"test_recall@{k}" for k in ks] + [f"test_{m}" for m in others]
     params = tables.param_columns(frame)
     head = ["config", "trial", "parameters", "retrain epochs", "seeds", "val R@1 (search)"]
-    head += [f"test R@{k}" for k in ks] + ["test MAP@R" for _ in extra]
+    head += [f"test R@{k}" for k in ks] + [f"test {METRIC_NAMES.get(m, m)}" for m in others]
     body = []
     for rank, group in frame.groupby("config_rank"):
         first = group.iloc[0]
         label = f"#{rank}" + (" (paper defaults)" if int(first["trial_number"]) == run.defaults_trial else "")
         cells = [label, str(first["trial_number"]), "<span class=params>" + ", ".join(
-                     f"{c.removeprefix('param_')}={_fmt(first[c])}" for c in params if pd.notna(first[c])) + "</span>",
-                 str(first["epochs"]), str(len(group)), _pct(first[f"best_{SELECTION_METRIC}"])]
-        cells += [_pm(group[col]) for col in [f"test_recall@{k}" for k in ks] + extra]
+                     html.escape(param_text(c.removeprefix('param_'), first[c])) for c in params if pd.notna(first[c]))
+                 + "</span>", str(first["epochs"]), str(len(group)), _pct(first[f"best_{SELECTION_METRIC}"])]
+        cells += [_pm(group[col]) for col in metrics]
         body.append(cells)
     top = frame[frame["config_rank"] == 1]
     seeds = f"{len(top)} seeds" if len(top) > 1 else "1 seed"
@@ -435,22 +469,31 @@ def _duration(seconds: float) -> str:
 
 
 def cost_table(run: Run) -> str:
-    """Trial-epochs, time and the epochs ASHA saved against running every trial to the full budget."""
+    """Trial-epochs, time and the epochs ASHA saved against running every trial to the full budget.
+
+    Savings and the time per epoch come from the trials that ended as ASHA decided (complete or pruned):
+    the epochs failed, diverged and unfinished trials never ran were not saved by ASHA, and an unfinished
+    trial has no duration yet.
+    """
     trials, cmd = run.trials, run.cmd
     ran = int(trials["epochs"].sum())
-    full = len(trials) * cmd["max_epochs"]
+    normal = trials[trials["shown"].isin(["complete", "pruned"])]
+    normal_ran = int(normal["epochs"].sum())
+    full = len(normal) * cmd["max_epochs"]
     trial_seconds = float(trials["seconds"].sum())
     finished = [t for t in run.study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
     wall = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds() \
         if finished else float("nan")
-    per_epoch = trial_seconds / max(ran, 1)
-    states = ", ".join(f"{n} {s}" for s, n in trials["state"].value_counts().items())
+    per_epoch = float(normal["seconds"].sum()) / normal_ran if normal_ran else float("nan")
+    states = ", ".join(f"{n} {s}" for s, n in trials["shown"].value_counts().items())
     rows = [
         ["trials", f"{len(trials)} ({states})"],
         ["trial-epochs run", f"{ran}"],
-        ["trial-epochs if every trial ran the full budget", f"{full} ({len(trials)} × {cmd['max_epochs']})"],
-        ["epochs ASHA saved", f"{full - ran} ({100 * (full - ran) / max(full, 1):.0f}%; ≈ "
-                              f"{_duration((full - ran) * per_epoch)} of trial time at {per_epoch:.1f} s per epoch)"],
+        ["trial-epochs if every complete or pruned trial ran the full budget",
+         f"{full} ({len(normal)} × {cmd['max_epochs']})"],
+        ["epochs ASHA saved", f"{full - normal_ran} ({100 * (full - normal_ran) / max(full, 1):.0f}%; ≈ "
+                              f"{_duration((full - normal_ran) * per_epoch)} of trial time at {per_epoch:.1f} s per "
+                              "epoch)"],
         ["search wall-clock", _duration(wall)],
         ["trial time (sum over trials)", _duration(trial_seconds)],
         ["CPU core-hours reserved by trials", f"{trial_seconds * cmd['cpus_per_trial'] / 3600:.3g} "
@@ -488,6 +531,7 @@ def provenance_section(run: Run) -> str:
 
 
 def _html_table(head: list[str], body: list[list[str]], header: bool = True) -> str:
+    """A table of plain-text headers and raw-HTML cells: escaping what a cell shows is the caller's job."""
     thead = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" if header else ""
     rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
     return f"<table>{thead}{rows}</table>"
@@ -514,7 +558,7 @@ def render(run: Run) -> str:
     sections = [
         ("Protocol", protocol_paragraph(run)),
         ("Result", final_table(run) + defaults_paragraph(run)),
-        ("Optimisation history", _png(history_figure(run), "optimisation history")),
+        ("Optimisation history", _png(history_figure(run), "optimisation history") + unscored_note(run)),
         ("Validation curves", _png(curves_figure(run), "validation curves")),
         ("Searched parameters", _png(slices, "parameter slices") if (slices := slices_figure(run))
          else "<p class=note>No searched parameters.</p>"),

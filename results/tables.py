@@ -49,19 +49,25 @@ def param_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c.startswith("param_")]
 
 
-def select_top(trials: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The k best trials by validation Recall@1, trials that ran the full budget first.
+def ranked(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials selection may choose, in its order: by validation Recall@1, full-budget trials first.
 
-    A pruned trial never showed how it does at the full schedule, so it is retrained only when
-    fewer than k trials reached it. Failed trials, and trials whose loss diverged within the search
-    budget (their retrain would too), are never selected.
+    A pruned trial never showed how it does at the full schedule, so it ranks below every trial that
+    reached it. Failed and unfinished trials, and trials whose loss diverged within the search budget
+    (their retrain would too), are left out. The report shows this rank, so it is the selection's.
     """
     best = f"best_{SELECTION_METRIC}"
     usable = trials[trials["state"].isin(["complete", "pruned"]) & trials[best].notna() & trials[DIVERGED].isna()]
-    if usable.empty:
-        raise RuntimeError("No trial produced a validation score: every trial failed. "
+    return usable.sort_values(["full_budget", best, "number"], ascending=[False, False, True])
+
+
+def select_top(trials: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k best trials in `ranked` order (a pruned trial only when fewer than k ran the full budget)."""
+    order = ranked(trials)
+    if order.empty:
+        raise RuntimeError("No trial can be selected: every trial failed or diverged. "
                            "See the trial logs under the run directory's ray/ folder.")
-    return usable.sort_values(["full_budget", best, "number"], ascending=[False, False, True]).head(k)
+    return order.head(k)
 
 
 def write(frame: pd.DataFrame, path: Path) -> None:

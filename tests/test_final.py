@@ -92,7 +92,7 @@ def test_final_table_shows_mean_and_sample_std_over_seeds() -> None:
     lines: list[str] = []
     print_final(final, [1], lines.append)
     std = np.std([60, 62, 64], ddof=1)
-    assert f"62.00 ± {std:5.2f}" in lines[1] and "margin=0.1" in lines[2]
+    assert f"62.00 ± {std:.2f}" in lines[1] and "margin=0.1" in lines[2]
 
 
 def test_final_epochs_flag_takes_auto_or_a_positive_number(capsys) -> None:

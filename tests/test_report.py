@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import html
 import io
 import json
 import re
@@ -14,9 +16,9 @@ import pytest
 from optuna.trial import TrialState
 
 import search
-from results import ledger, report, tables
+from results import final, ledger, report, tables
 from spaces import OptimiserDefaults, default_config, define_by_run
-from trainables.config import SELECTION_METRIC
+from trainables.config import DIVERGED, SELECTION_METRIC
 
 MAX_EPOCHS = 6
 R1_TESTED = {1: [0.612, 0.634], 2: [0.581, 0.590]}  # config rank -> test R@1 per seed
@@ -34,10 +36,28 @@ def _point(dist, u: float) -> float:
     return dist.low + u * (dist.high - dist.low)
 
 
-def write_run(out, complete: int, pruned: int, failed: int = 0, tested: bool = True) -> None:
-    """A run directory as search.py leaves it: config.json, study.db (defaults first), ledger, final.parquet."""
+REASON = "loss became nan in epoch 2; the config (lr=0.001, {}) diverges."  # DivergedError's, as ray_tune stores it
+
+
+def kinds(complete: int, pruned: int, failed: int = 0) -> list[tuple[str, int]]:
+    """(kind, epochs run) per trial: complete ones run the budget, pruned ones 1 or 3 epochs, failed ones none."""
+    n = complete + pruned
+    return ([("complete", MAX_EPOCHS)] * complete + [("pruned", 1 + 2 * (i % 2)) for i in range(complete, n)]
+            + [("failed", 0)] * failed)
+
+
+STUDY_STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL,
+                "diverged": TrialState.PRUNED, "running": TrialState.RUNNING, "waiting": TrialState.WAITING}
+
+
+def write_run(out, trials: list[tuple[str, int]], tested: bool = True, trials_flag: int | None = None) -> None:
+    """A run directory as search.py leaves it: config.json, study.db (defaults first), ledger, final.parquet.
+
+    `trials` are (kind, epochs) in trial order: a study state, or "diverged" (pruned with the reason, its
+    last epoch scored 0 as ray_tune reports it). `trials_flag` is config.json's --trials if not len(trials).
+    """
     out.mkdir(parents=True, exist_ok=True)
-    argv = ["--loss", "proxy_anchor", "--trials", str(complete + pruned + failed), "--max-epochs", str(MAX_EPOCHS),
+    argv = ["--loss", "proxy_anchor", "--trials", str(trials_flag or len(trials)), "--max-epochs", str(MAX_EPOCHS),
             "--seeds", "2", "--top-k", "2", "--out", str(out)]
     cmd = search.resolve(search.build_parser().parse_args(argv)) | {"argv": argv}
     split = {"fit": list(range(0, 103)), "val": list(range(103, 114)), "test": list(range(114, 228))}
@@ -48,30 +68,33 @@ def write_run(out, complete: int, pruned: int, failed: int = 0, tested: bool = T
     study = optuna.create_study(study_name="dmltune", storage=f"sqlite:///{out / 'study.db'}", direction="maximize")
     dists, rng = _distributions(), np.random.default_rng(0)
     start = datetime(2026, 1, 1)
-    states = [TrialState.COMPLETE] * complete + [TrialState.PRUNED] * pruned + [TrialState.FAIL] * failed
-    for number, state in enumerate(states):
+    for number, (kind, epochs) in enumerate(trials):
+        state = STUDY_STATES[kind]
         params = default_config("proxy_anchor", OptimiserDefaults(lr=1e-3)) if number == 0 else {
             name: _point(d, rng.random()) for name, d in dists.items()}
-        epochs = MAX_EPOCHS if state == TrialState.COMPLETE else (1 + 2 * (number % 2) if state == TrialState.PRUNED
-                                                                  else 0)
         top = 0.5 + 0.4 * rng.random()
         curve = {e: top * (1 - 0.5 ** e) - 0.02 * max(0, e - 4) for e in range(1, epochs + 1)}  # peaks at 4-5
+        if kind == "diverged":
+            curve[epochs] = 0.0
         begin = start + timedelta(seconds=20 * number)  # 10 s per epoch run, plus a start-up second
+        waiting = state == TrialState.WAITING  # enqueued, not started: no params, no times
         study.add_trial(optuna.trial.FrozenTrial(
-            number=number, trial_id=number, state=state, params=params, distributions=dists,
-            intermediate_values=curve, value=max(curve.values()) if state == TrialState.COMPLETE else None,
-            datetime_start=begin, datetime_complete=begin + timedelta(seconds=1 + 10 * epochs),
-            user_attrs={}, system_attrs={}))
+            number=number, trial_id=number, state=state, params={} if waiting else params,
+            distributions={} if waiting else dists, intermediate_values=curve,
+            value=max(curve.values()) if state == TrialState.COMPLETE else None,
+            datetime_start=None if waiting else begin,
+            datetime_complete=begin + timedelta(seconds=1 + 10 * epochs) if state.is_finished() else None,
+            user_attrs={DIVERGED: REASON} if kind == "diverged" else {}, system_attrs={}))
     if not tested:
         return
-    trials = tables.trials_frame(study, MAX_EPOCHS)
-    selected = tables.select_top(trials, 2)
+    frame = tables.trials_frame(study, MAX_EPOCHS)
+    selected = tables.select_top(frame, 2)
     entries, rows = [], []
     for rank, (_, trial) in enumerate(selected.iterrows(), 1):
         params = {c.removeprefix("param_"): trial[c] for c in tables.param_columns(selected)}
         for seed, r1 in enumerate(R1_TESTED[rank]):
             metrics = {"recall@1": r1, "recall@2": r1 + 0.1, "recall@4": r1 + 0.2, "recall@8": r1 + 0.25,
-                       "map@r": r1 / 3}
+                       "map@r": r1 / 3, "r_precision": r1 / 2}
             entries.append({"time": "2026-01-01T01:00:00+00:00", "seed": seed, "config_hash": f"h{rank}{seed}",
                             "epochs": int(trial["best_epoch"]), "params": params, "metrics": metrics,
                             "device": "cpu (2 cores)",
@@ -88,7 +111,7 @@ def write_run(out, complete: int, pruned: int, failed: int = 0, tested: bool = T
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "run"
-    write_run(out, complete=5, pruned=6, failed=1)
+    write_run(out, kinds(complete=5, pruned=6, failed=1))
     return out
 
 
@@ -127,7 +150,7 @@ def test_final_table_puts_validation_beside_test_mean_and_std_and_the_defaults(p
 
 def test_cost_counts_the_epochs_asha_saved(page) -> None:
     ran = 5 * MAX_EPOCHS + 3 * 1 + 3 * 3  # pruned trials stop after 1 or 3 epochs; the failed one ran none
-    full = 12 * MAX_EPOCHS
+    full = 11 * MAX_EPOCHS  # the failed trial's budget was not ASHA's saving
     assert f"<td>trial-epochs run</td><td>{ran}</td>" in page
     assert f"<td>epochs ASHA saved</td><td>{full - ran} ({100 * (full - ran) / full:.0f}%" in page
 
@@ -141,7 +164,7 @@ def test_pruned_trials_are_drawn_dashed_and_grey(run_dir) -> None:
 
 
 def test_report_command_on_a_small_untested_study_writes_notes_instead_of_failing(tmp_path, capsys) -> None:
-    write_run(tmp_path / "run", complete=1, pruned=1, tested=False)
+    write_run(tmp_path / "run", kinds(complete=1, pruned=1), tested=False)
     assert report.main([str(tmp_path / "run")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "run" / report.REPORT_NAME)
     page = (tmp_path / "run" / report.REPORT_NAME).read_text()
@@ -159,3 +182,87 @@ def test_study_db_opens_as_optuna_dashboard_opens_it(run_dir) -> None:
     [summary] = optuna.get_all_study_summaries(url)
     study = optuna.load_study(study_name=summary.study_name, storage=url)
     assert len(study.trials) == 12 and study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+# An interrupted run (`python -m results.report RUN` before its test stage), resumed with another --trials:
+# the defaults diverged, one trial failed after two epochs, three were still running or waiting.
+MIXED = ([("diverged", 2)] + [("complete", MAX_EPOCHS)] * 4 + [("pruned", 1), ("pruned", 3), ("pruned", 3)]
+         + [("failed", 2), ("failed", 0), ("diverged", 4), ("running", 2), ("running", 0), ("waiting", 0)])
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> report.Run:
+    out = tmp_path_factory.mktemp("mixed") / "run"
+    write_run(out, MIXED, tested=False, trials_flag=8)
+    return report.load(out)
+
+
+def _legend_labels(fig) -> set[str]:
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + fig.legends
+    return {text.get_text() for legend in legends for text in legend.get_texts()}
+
+
+def _figures(run: report.Run) -> dict:
+    return {"history": report.history_figure(run), "curves": report.curves_figure(run),
+            "slices": report.slices_figure(run)}
+
+
+def test_diverged_trials_are_shown_as_diverged_with_their_reason_not_as_pruned(mixed) -> None:
+    for name, fig in _figures(mixed).items():
+        labels = _legend_labels(fig)
+        assert report.STATE_STYLE["diverged"]["label"] in labels, name
+    curves = report.curves_figure(mixed)
+    assert report.STATE_STYLE["diverged"]["color"] in {line.get_color() for line in curves.axes[0].lines}
+    text = report.defaults_paragraph(mixed)
+    assert "diverged" in text and html.escape(REASON) in text and "pruned" not in text
+
+
+def test_unfinished_and_failed_trials_have_a_style_and_a_legend_entry_in_every_plot(mixed) -> None:
+    for name, fig in _figures(mixed).items():
+        labels = _legend_labels(fig)
+        assert {report.STATE_STYLE[s]["label"] for s in ("unfinished", "failed")} <= labels, name
+    # Only failed trials stand at 0 in the history (no score); unfinished ones without a score are named instead.
+    history = report.history_figure(mixed).axes[0]
+    at_zero = [point for c in history.collections for point in c.get_offsets() if point[1] == 0]
+    assert [point[0] for point in at_zero] == [9]
+    assert "trial(s) 12 (unfinished), 13 (unfinished)" in report.render(mixed)
+
+
+def test_curves_use_each_states_style(mixed) -> None:
+    styles = {(line.get_linestyle(), line.get_color()) for line in report.curves_figure(mixed).axes[0].lines}
+    for state in ("complete", "pruned", "diverged", "unfinished", "failed"):
+        style = report.STATE_STYLE[state]
+        assert (style["ls"], style["color"]) in styles, state
+
+
+def test_cost_counts_only_trials_that_finished_normally_as_asha_savings(mixed) -> None:
+    table = report.cost_table(mixed)
+    ran = sum(epochs for _, epochs in MIXED)
+    normal = [epochs for kind, epochs in MIXED if kind in ("complete", "pruned")]
+    full = len(normal) * MAX_EPOCHS
+    per_epoch = sum(1 + 10 * e for e in normal) / sum(normal)  # write_run: 10 s per epoch plus a start-up second
+    assert f"<td>trial-epochs run</td><td>{ran}</td>" in table
+    assert (f"<td>epochs ASHA saved</td><td>{full - sum(normal)} ({100 * (full - sum(normal)) / full:.0f}%"
+            in table)
+    assert f"at {per_epoch:.1f} s per epoch" in table
+
+
+def test_protocol_counts_the_trials_in_the_study_not_the_commands_trials(mixed) -> None:
+    assert f"<b>Search</b>: {len(MIXED)} configs" in report.protocol_paragraph(mixed)
+
+
+def test_the_defaults_rank_is_their_selection_rank(tmp_path) -> None:
+    trials = [("pruned", 3)] + [("complete", MAX_EPOCHS)] * 3 + [("pruned", 1), ("failed", 2), ("diverged", 4)]
+    write_run(tmp_path / "run", trials, tested=False)
+    run = report.load(tmp_path / "run")
+    order = list(tables.ranked(run.trials)["number"])
+    assert sorted(order[:3]) == [1, 2, 3]  # the full-budget trials first
+    assert f"rank {order.index(0) + 1} of {len(order)} " in report.defaults_paragraph(run)
+
+
+def test_final_table_shows_every_test_metric_and_escapes_parameter_names(run_dir) -> None:
+    run = report.load(run_dir)
+    entries = [e | {"params": e["params"] | {"w<b>": 0.5}} for e in run.entries]
+    table = report.final_table(dataclasses.replace(run, entries=entries, tested=final.ledger_frame(entries)))
+    assert "<th>test MAP@R</th>" in table and "<th>test R-Precision</th>" in table
+    assert "w&lt;b&gt;=0.5" in table and "w<b>" not in table
