@@ -197,15 +197,15 @@ def check_execution(args: argparse.Namespace) -> None:
                 raise UsageError(f"--gpus-per-trial {gpus:g} but this machine has {local} CUDA GPUs: no trial "
                                  "could start. Use --gpus-per-trial 0, or run on a GPU cluster with --address.")
     if args.address or args.storage_path or args.dashboard:
-        from trainables import ray_tune
+        from trainables import ray_cluster
 
         try:
             if args.storage_path:
-                ray_tune.check_storage_path(args.storage_path)
+                ray_cluster.check_storage_path(args.storage_path)
             if args.dashboard:
-                ray_tune.check_dashboard()
+                ray_cluster.check_dashboard()
             if args.address:
-                ray_tune.check_address(args.address)
+                ray_cluster.check_address(args.address)
         except ValueError as err:
             raise UsageError(str(err)) from None
 
@@ -303,7 +303,7 @@ def _drive(args: argparse.Namespace, argv: list[str], echo: Any) -> int:
          f"training classes, tested once on {len(dataset.test_classes)} test classes (Recall in %):")
     print_final(final, cfg["ks"], echo)
     echo(f"\nreport: {write_report(run_dir)}")
-    echo(f"run directory: {run_dir}  (config.json, study.db, trials.parquet, final.parquet, "
+    echo(f"run directory: {run_dir}  (config.json, study.db, trials.parquet, final/, final.parquet, "
          f"test_ledger.jsonl, ray/)  in {time.perf_counter() - started:.0f}s")
     return 0
 

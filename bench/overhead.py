@@ -54,7 +54,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from trainables.config import fixed_fields
     from trainables.data import build_dataset, recipe
     from trainables.data.splits import fixed_split
-    from trainables.ray_tune import SearchSettings, TrialSetup, init_ray, run_search, trial_slots
+    from trainables.ray_cluster import init_ray, trial_slots
+    from trainables.ray_tune import SearchSettings, TrialSetup, run_search
 
     class Timeline(tune.Callback):
         def __init__(self) -> None:

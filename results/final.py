@@ -176,7 +176,7 @@ def job_runner(cfg: dict[str, Any]) -> Runner:
     runs them here, in a process that has everything loaded, one at a time on all cores.
     """
     if cfg["address"] or cfg["gpus_per_trial"]:
-        from trainables.ray_tune import run_tasks
+        from trainables.ray_cluster import run_tasks
 
         return functools.partial(run_tasks, cpus=cfg["cpus_per_trial"], gpus=cfg["gpus_per_trial"],
                                  address=cfg["address"])

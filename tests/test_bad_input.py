@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import search
-from trainables.ray_tune import check_storage_path, ray_init_kwargs
+from trainables.ray_cluster import check_storage_path, ray_init_kwargs
 
 
 def _refused(argv: list[str], capsys, tmp_path) -> str:

@@ -26,7 +26,8 @@ from test_final import final_cfg, selected
 from results import ledger
 from results.final import retrain_and_test
 from trainables.data.splits import fixed_split
-from trainables.ray_tune import SearchSettings, run_search, run_tasks, trial_device, trial_slots
+from trainables.ray_cluster import run_tasks, trial_device, trial_slots
+from trainables.ray_tune import SearchSettings, run_search
 
 REPO = Path(__file__).resolve().parents[1]
 

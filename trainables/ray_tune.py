@@ -1,6 +1,7 @@
 """The Ray Tune side: the trial function, a pruning-aware Optuna searcher, resumable ASHA, the Tuner.
 
-This is the only module that imports Ray. A trial is a thin loop over the shared Trainer:
+With trainables/ray_cluster.py (starting or joining Ray, placing work) the only code that imports
+Ray. A trial is a thin loop over the shared Trainer:
 train one epoch (one model per validation fold), score the validation classes, checkpoint,
 `tune.report` (Ray's own examples' shape). Optuna proposes the configs (TPE, define-by-run
 space), ASHA stops weak trials at its rungs, and each stopped trial is told to Optuna as PRUNED
@@ -17,8 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +43,7 @@ from trainables.config import DIVERGED, RAY_TRIAL_ID_ATTR, SELECTION_METRIC, SEL
 from trainables.data import build_dataset
 from trainables.data.base import DMLDataset
 from trainables.data.splits import ClassSplit
+from trainables.ray_cluster import init_ray, is_uri, trial_device, trial_slots
 from trainables.trainer import DivergedError, Trainer
 
 logger = logging.getLogger(__name__)
@@ -83,22 +83,6 @@ class TrialSetup:
 
 def fold_checkpoint(fold: int) -> str:
     return f"fold-{fold}.pt"
-
-
-def trial_device(gpu_ids: Sequence[str], cuda_available: bool) -> str:
-    """cuda when Ray gave this trial a GPU (whole or a fraction) and torch can use it, else cpu.
-
-    Ray points CUDA_VISIBLE_DEVICES at the assigned GPU, so "cuda" is that GPU, shared by the trials
-    packed onto it. A trial given no GPU stays on the CPU even on a GPU node, leaving the GPUs to
-    the trials that reserved them.
-    """
-    if not gpu_ids:
-        return "cpu"
-    if not cuda_available:
-        logger.warning("Ray assigned GPU %s to this trial but torch sees no CUDA device (a CPU-only torch "
-                       "build, or GPUs a test only pretends); training on the CPU.", ",".join(gpu_ids))
-        return "cpu"
-    return "cuda"
 
 
 @functools.lru_cache(maxsize=1)
@@ -331,11 +315,6 @@ def tpe_sampler(trials: int, seed: int) -> optuna.samplers.TPESampler:
                                       n_startup_trials=max(2, min(10, trials // 3)))
 
 
-def is_uri(path: str) -> bool:
-    """A storage URI (s3://, gs://, ...) rather than a path on this machine."""
-    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) is not None
-
-
 def experiment_location(run_dir: Path, storage_path: str | None) -> tuple[str, str]:
     """(storage, experiment name) of the study's Ray experiment: <run dir>/ray, or <storage>/<run name>
     when the trials write to storage every node reaches (one bucket or share can hold many runs)."""
@@ -352,15 +331,6 @@ def _trial_dirname(trial: Trial) -> str:
 
 def study_storage(run_dir: Path) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{(run_dir / 'study.db').resolve()}")
-
-
-def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
-    """How many trials the Ray cluster can run at once now (at least 1: an autoscaler may add nodes)."""
-    total = ray.cluster_resources()
-    slots = int(total.get("CPU", 0) / cpus_per_trial + 1e-9)
-    if gpus_per_trial:
-        slots = min(slots, int(total.get("GPU", 0) / gpus_per_trial + 1e-9))
-    return max(1, slots)
 
 
 def left_by_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[FrozenTrial], list[FrozenTrial],
@@ -448,112 +418,3 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
         tuner.fit()
 
 
-def run_tasks(job: Callable[..., Any], dataset: DMLDataset, items: Sequence[Any], *, cpus: float, gpus: float,
-              address: str | None) -> list[Any]:
-    """[job(dataset, item, device) for item in items], each item a Ray task holding one trial's resources.
-
-    The final stage's retrains and test evaluations go where the trials went (GPU workers, several
-    at once), not to the driver, which on a cluster sits on the CPU head. The dataset enters the
-    object store once; results come back in the order of `items`.
-    """
-    init_ray(address)
-    task = ray.remote(_on_worker).options(num_cpus=cpus, num_gpus=gpus)
-    shared = ray.put(dataset)
-    return ray.get([task.remote(job, shared, item, max(1, int(cpus))) for item in items])
-
-
-def _on_worker(job: Callable[..., Any], dataset: DMLDataset, item: Any, threads: int) -> Any:
-    torch.set_num_threads(threads)
-    gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-    return job(dataset, item, trial_device(gpu_ids, torch.cuda.is_available()))
-
-
-def check_address(address: str, timeout_s: float = 3.0) -> None:
-    """Refuse, within seconds, a Ray address nothing answers at: ray.init would retry for minutes.
-
-    Raises ValueError naming the address and what to do.
-    """
-    from ray._private.services import canonicalize_bootstrap_address_or_die
-
-    if address.startswith("ray://"):
-        # Under Ray Client, Tune runs the search on the cluster: study.db, the run directory and the
-        # progress lines would all be on the head node, not here.
-        raise ValueError(f"--address {address}: Ray Client (ray://) is not supported, because the study and "
-                         "the run directory must live where the search runs. Run search.py on the cluster's "
-                         "head node (ray attach cluster.yaml) with --address auto.")
-    target = address
-    if target == "auto":
-        try:  # Ray's own lookup: RAY_ADDRESS, then the cluster `ray start` last recorded on this machine
-            target = canonicalize_bootstrap_address_or_die("auto")
-        except ConnectionError as err:
-            raise ValueError(f"--address auto found no running Ray cluster on this machine ({err}). "
-                             "Start one (ray start --head, or ray up cluster.yaml and run on its head), "
-                             "or drop --address to use a local Ray.") from None
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"--address {address} is not HOST:PORT or auto.")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as err:
-        raise ValueError(f"--address {address}: nothing answers at {host}:{port} within {timeout_s:g}s "
-                         f"({err.strerror or err}). Is the cluster up (ray status on its head) and the port "
-                         "reachable from here?") from None
-
-
-def check_storage_path(storage_path: str) -> None:
-    """A local storage path must be writable now; a URI (s3://, gs://) is Ray's to reach from every node.
-
-    Raises ValueError naming the path and the fix.
-    """
-    if is_uri(storage_path):
-        return
-    path = Path(storage_path).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise ValueError(f"--storage-path {storage_path} cannot be written ({err.strerror or err}); give a "
-                         "directory every node mounts and can write, or an s3:// or gs:// URI.") from None
-
-
-def check_dashboard() -> None:
-    """--dashboard needs the packages of `ray[default]`, which `ray[tune]` does not bring."""
-    try:
-        import ray.dashboard.optional_deps  # noqa: F401
-    except ImportError as err:
-        raise ValueError(f"--dashboard needs Ray's dashboard packages ({err}): pip install 'ray[default]'.") from None
-
-
-def ray_init_kwargs(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> dict[str, Any]:
-    """ray.init's arguments: quiet, and a dashboard only when asked, then on 127.0.0.1 alone."""
-    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
-                              "include_dashboard": dashboard}
-    if address:
-        return kwargs | {"address": address}
-    if dashboard:
-        kwargs["dashboard_host"] = "127.0.0.1"  # reachable from this machine only (ssh -L to view it remotely)
-    return kwargs | {"num_cpus": num_cpus}
-
-
-def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> None:
-    """Start a local Ray (or join a cluster) quietly: no usage stats, our progress lines only."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    # Tune's new console output prints its experiment banner even at verbose=0; the legacy
-    # reporter honours verbose=0, leaving ProgressLines as the only per-trial output.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Checkpointing every epoch of short trials triggers a "snapshot too often" warning that has
-    # no action for the user; experiment state is still snapshotted.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune's console printer would swap builtins.print for tqdm_ray's (we draw no bars); the echo
-    # callables Tune pickles with ProgressLines (print, by default) must stay the real one.
-    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    if ray.is_initialized():
-        return
-    if not address:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local single-user Ray: no token file
-    context = ray.init(**ray_init_kwargs(address, num_cpus, dashboard))
-    if dashboard and context.dashboard_url:
-        print(f"Ray dashboard: http://{context.dashboard_url}")
