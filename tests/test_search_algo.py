@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import optuna
+import ray
 from optuna.trial import TrialState
+from ray_helpers import glyph_setup, paper_point, space
 
 from results import tables
 from spaces import OptimiserDefaults, default_config, define_by_run
 from trainables.config import SELECTION_METRIC
-from trainables.ray_tune import EPOCH, PruningAwareOptunaSearch, tpe_sampler
+from trainables.ray_cluster import init_ray
+from trainables.ray_tune import EPOCH, PruningAwareOptunaSearch, SearchSettings, run_search, tpe_sampler
 
 
 def _searcher(tmp_path, max_t: int = 4) -> PruningAwareOptunaSearch:
@@ -63,3 +66,25 @@ def test_a_full_budget_trial_is_told_its_best_epoch_the_number_selection_ranks_i
     assert by_id["broken"].state == TrialState.FAIL  # an errored trial is not COMPLETE, whatever it reported
     frame = tables.trials_frame(study, max_epochs=4).set_index("number")
     assert frame.loc[by_id["peaked"].number, f"best_{SELECTION_METRIC}"] == by_id["peaked"].value
+
+
+def ray_cpus() -> float:
+    """All of the running Ray's CPUs (one trial slot), starting a local Ray if none runs."""
+    if not ray.is_initialized():
+        init_ray(None)
+    return ray.cluster_resources()["CPU"]
+
+
+def test_a_search_with_one_trial_at_a_time_reproduces_exactly(tmp_path) -> None:
+    """Parallel trials make the path depend on report order; one slot removes that, so seed -> same study."""
+    studies = []
+    for run in ("a", "b"):
+        run_dir = tmp_path / run
+        run_dir.mkdir()
+        run_search(run_dir, glyph_setup(epochs=3), space(), [paper_point()], echo=lambda line: None,
+                   settings=SearchSettings(trials=4, max_epochs=3, grace_period=1, cpus_per_trial=ray_cpus()))
+        studies.append([(t.number, t.state, t.params, dict(t.intermediate_values))
+                        for t in tables.load_study(run_dir).trials])
+    assert studies[0] == studies[1]
+    assert len({str(params) for _, _, params, _ in studies[0]}) == 4 and any(s == TrialState.PRUNED
+                                                                              for _, s, _, _ in studies[0])
