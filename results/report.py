@@ -494,7 +494,7 @@ def cost_table(run: Run) -> str:
         ["epochs ASHA saved", f"{full - normal_ran} ({100 * (full - normal_ran) / max(full, 1):.0f}%; ≈ "
                               f"{_duration((full - normal_ran) * per_epoch)} of trial time at {per_epoch:.1f} s per "
                               "epoch)"],
-        ["search wall-clock", _duration(wall)],
+        ["search wall-clock (first trial start to last trial end)", _duration(wall)],
         ["trial time (sum over trials)", _duration(trial_seconds)],
         ["CPU core-hours reserved by trials", f"{trial_seconds * cmd['cpus_per_trial'] / 3600:.3g} "
                                               f"({cmd['cpus_per_trial']:g} per trial)"],
@@ -507,8 +507,9 @@ def cost_table(run: Run) -> str:
                      f"{_duration(float(run.final['train_seconds'].sum()))}, {int(run.final['epochs'].sum())} epochs"
                      + (f" on {html.escape(device)}" if device else "")])
     return (_html_table(["", ""], rows, header=False)
-            + "<p class=caption>Trial times run from Optuna's trial start to its end (they include starting the "
-              "trial's worker); reserved hours multiply them by --cpus-per-trial / --gpus-per-trial.</p>")
+            + "<p class=caption>Trial time is what each trial ran on its worker (Tune's time_total_s), summed "
+              "over drivers when the run was resumed; the wall-clock includes any pause between drivers. "
+              "Reserved hours multiply trial time by --cpus-per-trial / --gpus-per-trial.</p>")
 
 
 def provenance_section(run: Run) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from trainables.config import DIVERGED, RAY_TRIAL_ID_ATTR, SELECTION_METRIC
+from trainables.config import DIVERGED, RAY_TRIAL_ID_ATTR, SECONDS_ATTR, SELECTION_METRIC
 
 STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
           optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",
@@ -38,8 +38,7 @@ def trials_frame(study: optuna.Study, max_epochs: int) -> pd.DataFrame:
             f"best_{SELECTION_METRIC}": max(curve) if curve else None,
             "best_epoch": (curve.index(max(curve)) + 1) if curve else None,
             f"{SELECTION_METRIC}_curve": curve,
-            "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
-            if t.datetime_complete and t.datetime_start else None,
+            "seconds": t.user_attrs.get(SECONDS_ATTR),  # on its workers, over every driver
             **{f"param_{k}": v for k, v in t.params.items()},
         })
     return pd.DataFrame(rows)

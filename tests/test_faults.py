@@ -21,7 +21,7 @@ from ray_helpers import IMAGE_SIZE, LOSS, ResultLog, glyph_setup, logged_results
 
 import search
 from results import tables
-from trainables.config import RAY_TRIAL_ID_ATTR, SELECTION_METRIC
+from trainables.config import RAY_TRIAL_ID_ATTR, SECONDS_ATTR, SELECTION_METRIC
 from trainables.ray_tune import (CHECKPOINT_ATTR, DIVERGED, EPOCH, RERUN_ATTR, RESUME_KEY, PruningAwareOptunaSearch,
                                  ResumableASHA, SearchSettings, left_by_earlier_drivers, run_search, study_storage,
                                  tpe_sampler)
@@ -112,6 +112,7 @@ def test_an_interrupted_study_trial_is_handed_out_again_under_its_number(tmp_pat
     left = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
     left.report(0.5, 1)
     left.set_user_attr(CHECKPOINT_ATTR, str(checkpoint))
+    left.set_user_attr(SECONDS_ATTR, 5.0)
     replayed: list[tuple[str, dict]] = []
     searcher = PruningAwareOptunaSearch(
         space=space(), metric=SELECTION_METRIC, mode="max", sampler=tpe_sampler(4, 0), study_name="dmltune",
@@ -121,11 +122,14 @@ def test_an_interrupted_study_trial_is_handed_out_again_under_its_number(tmp_pat
     config = searcher.suggest("new")
     assert config == {"lr": left.params["lr"], RESUME_KEY: {"trial": left.number, "checkpoint": str(checkpoint)}}
     assert replayed == [("new", {1: 0.5})]
-    searcher.on_trial_result("new", {SELECTION_METRIC: 0.6, EPOCH: 2, "checkpoint_dir_name": "checkpoint_000000"})
-    searcher.on_trial_complete("new", {SELECTION_METRIC: 0.7, EPOCH: 3})
+    searcher.on_trial_result("new", {SELECTION_METRIC: 0.6, EPOCH: 2, "checkpoint_dir_name": "checkpoint_000000",
+                                     "time_total_s": 4.0})
+    searcher.on_trial_complete("new", {SELECTION_METRIC: 0.7, EPOCH: 3, "time_total_s": 9.0})
     (trial,) = study.trials
     assert trial.number == left.number and trial.state == TrialState.COMPLETE
     assert trial.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
+    # Its time: the 5 s the first driver saw plus this driver's 9 s, never the time between the two drivers.
+    assert trial.user_attrs[SECONDS_ATTR] == 14.0
     assert trial.user_attrs[CHECKPOINT_ATTR] == f"{tmp_path / 'ray'}/new/checkpoint_000000"
 
 

@@ -46,6 +46,7 @@ def test_trials_table_matches_study_and_asha_budget(run_dir) -> None:
         assert row["state"] == ("complete" if row["epochs"] == 2 else "pruned")
         assert len(row["val_recall@1_curve"]) == row["epochs"]
         assert row["best_val_recall@1"] == pytest.approx(max(row["val_recall@1_curve"]))
+        assert row["seconds"] > 0  # the trial's time on its worker, as Tune measured it
     first = study.trials[0].params  # the paper's defaults are evaluated first
     assert first["margin"] == 0.1 and first["alpha"] == 32.0
 

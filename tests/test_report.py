@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 import search
 from results import final, ledger, report, tables
 from spaces import OptimiserDefaults, default_config, define_by_run
-from trainables.config import DIVERGED, SELECTION_METRIC
+from trainables.config import DIVERGED, SECONDS_ATTR, SELECTION_METRIC
 
 MAX_EPOCHS = 6
 R1_TESTED = {1: [0.612, 0.634], 2: [0.581, 0.590]}  # config rank -> test R@1 per seed
@@ -76,7 +76,7 @@ def write_run(out, trials: list[tuple[str, int]], tested: bool = True, trials_fl
         curve = {e: top * (1 - 0.5 ** e) - 0.02 * max(0, e - 4) for e in range(1, epochs + 1)}  # peaks at 4-5
         if kind == "diverged":
             curve[epochs] = 0.0
-        begin = start + timedelta(seconds=20 * number)  # 10 s per epoch run, plus a start-up second
+        begin = start + timedelta(seconds=20 * number)  # 10 s per epoch run, plus a start-up second (SECONDS_ATTR)
         waiting = state == TrialState.WAITING  # enqueued, not started: no params, no times
         study.add_trial(optuna.trial.FrozenTrial(
             number=number, trial_id=number, state=state, params={} if waiting else params,
@@ -84,7 +84,8 @@ def write_run(out, trials: list[tuple[str, int]], tested: bool = True, trials_fl
             value=max(curve.values()) if state == TrialState.COMPLETE else None,
             datetime_start=None if waiting else begin,
             datetime_complete=begin + timedelta(seconds=1 + 10 * epochs) if state.is_finished() else None,
-            user_attrs={DIVERGED: REASON} if kind == "diverged" else {}, system_attrs={}))
+            user_attrs=({DIVERGED: REASON} if kind == "diverged" else {})
+            | ({} if waiting else {SECONDS_ATTR: 1.0 + 10 * epochs}), system_attrs={}))
     if not tested:
         return
     frame = tables.trials_frame(study, MAX_EPOCHS)

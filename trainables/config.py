@@ -97,3 +97,6 @@ SELECTION_MODE = "max"
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
 # Result key and Optuna user attribute holding why a trial diverged (its loss became NaN/inf).
 DIVERGED = "diverged"
+# Optuna user attribute: seconds the trial has run on its workers (Tune's time_total_s), summed over the
+# drivers of a resumed study, so a trial's cost never counts the time between two drivers.
+SECONDS_ATTR = "seconds"

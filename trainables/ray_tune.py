@@ -39,7 +39,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables.config import DIVERGED, RAY_TRIAL_ID_ATTR, SELECTION_METRIC, SELECTION_MODE, TrainConfig
+from trainables.config import (DIVERGED, RAY_TRIAL_ID_ATTR, SECONDS_ATTR, SELECTION_METRIC, SELECTION_MODE,
+                                TrainConfig)
 from trainables.data import build_dataset
 from trainables.data.base import DMLDataset
 from trainables.data.splits import ClassSplit
@@ -171,6 +172,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._on_resume = on_resume
         self._last_step: dict[str, int] = {}  # Ray trial id -> last epoch reported to Optuna
         self._best: dict[str, float] = {}  # Ray trial id -> best value reported to Optuna
+        self._earlier_seconds: dict[str, float] = {}  # Ray trial id -> seconds earlier drivers ran its study trial
 
     def suggest(self, trial_id: str) -> dict | None:
         if self._resume:
@@ -182,6 +184,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
                                                                                  if checkpoint else {})}
             for step, value in past.intermediate_values.items():
                 self._note(trial_id, value, step)
+            self._earlier_seconds[trial_id] = past.user_attrs.get(SECONDS_ATTR, 0.0)
             if self._on_resume and checkpoint:
                 self._on_resume(trial_id, past.intermediate_values)
         else:
@@ -195,6 +198,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         ot_trial.report(result[self.metric], result[EPOCH])
         self._note(trial_id, result[self.metric], result[EPOCH])
+        self._record_seconds(trial_id, result)
         if result.get(CHECKPOINT_DIR_NAME):  # already on storage: the worker uploads it before reporting
             ot_trial.set_user_attr(CHECKPOINT_ATTR, f"{self.checkpoint_root}/{trial_id}/{result[CHECKPOINT_DIR_NAME]}")
 
@@ -212,6 +216,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if value is not None and self._last_step.get(trial_id) != step:
             ot_trial.report(value, step)
             self._note(trial_id, value, step)
+        self._record_seconds(trial_id, result)
         if error:  # Ray's OptunaSearch would call an errored trial that had reported COMPLETE
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         elif value is not None and step >= self.max_t:
@@ -219,6 +224,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
         else:  # stopped by ASHA (or before its first result): Optuna keeps its last reported value
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+    def _record_seconds(self, trial_id: str, result: dict) -> None:
+        if "time_total_s" in result:
+            seconds = self._earlier_seconds.get(trial_id, 0.0) + result["time_total_s"]
+            self._ot_trials[trial_id].set_user_attr(SECONDS_ATTR, seconds)
 
     def _note(self, trial_id: str, value: float, step: int) -> None:
         self._last_step[trial_id] = step
