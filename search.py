@@ -28,7 +28,7 @@ from spaces import SPACES, OptimiserDefaults, default_config, define_by_run
 from trainables.config import LR_SCHEDULES, RECIPE_FIELDS, fixed_fields
 from trainables.data import DATASETS, build_dataset, recipe
 from trainables.data.base import DMLDataset
-from trainables.data.splits import ClassSplit, fixed_split, kfold_splits
+from trainables.data.splits import ClassSplit, fixed_split, kfold_splits, splits_record
 from trainables.losses import LOSSES
 from trainables.models import PRETRAINED_WEIGHTS, fetch_pretrained
 
@@ -297,7 +297,7 @@ def _drive(args: argparse.Namespace, argv: list[str], echo: Any) -> int:
     echo(f"search done: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
          f"{int(trials['epochs'].sum())} trial-epochs")
     selected = tables.select_top(trials, cfg["top_k"])
-    final = retrain_and_test(run_dir, cfg, dataset, split, selected, echo)
+    final = retrain_and_test(run_dir, cfg, dataset, folds, selected, echo)
 
     echo(f"\nbest of {len(trials)} trials by validation Recall@1, retrained on all {len(split.fit) + len(split.val)} "
          f"training classes, tested once on {len(dataset.test_classes)} test classes (Recall in %):")
@@ -321,10 +321,8 @@ def validation_splits(dataset: DMLDataset, cfg: dict[str, Any]) -> list[ClassSpl
 def write_config(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds: list[ClassSplit]) -> None:
     """config.json: the resolved command line, versions, dataset fingerprint and every split's class ids."""
     path = run_dir / "config.json"
-    split = folds[0].to_dict() if len(folds) == 1 else {"folds": [f.to_dict() for f in folds]}
     payload = {"command": cfg, "versions": versions(), "code": code_revision(),
-               "dataset": dataset.fingerprint(),
-               "split": split | {"test": [int(c) for c in dataset.test_classes]}}
+               "dataset": dataset.fingerprint(), "split": splits_record(folds, dataset.test_classes)}
     if path.exists():
         before = json.loads(path.read_text())
         if before["split"] != payload["split"] or before["dataset"] != payload["dataset"]:

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from results import ledger, tables
 from results.provenance import code_revision, versions
 from trainables.config import SELECTION_METRIC, TrainConfig, config_hash, fixed_fields, learned_fields
 from trainables.data.base import DMLDataset
-from trainables.data.splits import ClassSplit
+from trainables.data.splits import ClassSplit, splits_record
 from trainables.trainer import Trainer
 
 # `--final-epochs auto`: retrain each config for as many epochs as its search trial needed to reach
@@ -56,9 +56,12 @@ def final_epochs(trial: pd.Series, setting: int | str) -> int:
     return int(setting)
 
 
-def retrain_and_test(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, split: ClassSplit,
+def retrain_and_test(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds: Sequence[ClassSplit],
                      selected: pd.DataFrame, echo: Any) -> pd.DataFrame:
     """Retrain each selected config on all training classes, then evaluate the test classes once.
+
+    `folds` are the run's validation splits (one for the fixed protocol): the retrain uses their fit
+    and validation classes together, and the ledger records them.
 
     Each retrained model is kept in RUN/final/ before the test stage: a test stage that fails (an
     unreadable test image) leaves the ledger empty, and `--resume` tests the kept models instead
@@ -67,7 +70,7 @@ def retrain_and_test(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, sp
     ledger_path = run_dir / ledger.LEDGER_NAME
     if recorded := ledger.read(ledger_path):  # refuse before hours of retraining, not after
         raise already_tested(ledger_path, recorded)
-    classes = np.concatenate([split.fit, split.val])
+    classes = np.concatenate([folds[0].fit, folds[0].val])  # every fold covers all the training classes
     picks = []
     for rank, (_, trial) in enumerate(selected.iterrows(), start=1):
         params = {c.removeprefix("param_"): trial[c] for c in tables.param_columns(selected) if pd.notna(trial[c])}
@@ -86,7 +89,7 @@ def retrain_and_test(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, sp
         results = run(evaluate_test, dataset,
                       [(classes, tc, model, cfg["ks"]) for (_, _, tc), (model, _) in zip(picks, models)])
         for (rank, trial, tc), (_, meta), metrics in zip(picks, models, results):
-            entry = ledger_entry(run_dir, cfg, dataset, split, tc, metrics, rank, trial, meta["device"])
+            entry = ledger_entry(run_dir, cfg, dataset, folds, tc, metrics, rank, trial, meta["device"])
             entries.append(entry)
             rows.append({"config_rank": rank, "trial_number": int(trial["number"]),
                          "config_hash": entry["config_hash"], "seed": tc.seed, "epochs": tc.epochs,
@@ -150,7 +153,8 @@ def retrain(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig], device: st
     return buffer.getvalue()
 
 
-def evaluate_test(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig, bytes, list[int]], device: str) -> dict[str, float]:
+def evaluate_test(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig, bytes, list[int]],
+                  device: str) -> dict[str, float]:
     """Evaluate one retrained model on the test half: the only code that opens it."""
     classes, tc, model, ks = job
     trainer = Trainer(tc, dataset.subset(classes, train=True), device=device)
@@ -198,7 +202,7 @@ def test_metrics(trainer: Trainer, dataset: DMLDataset, ks: list[int]) -> dict[s
     return trainer.evaluate(dataset.subset(dataset.test_classes), ks)
 
 
-def ledger_entry(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, split: ClassSplit, tc: TrainConfig,
+def ledger_entry(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds: Sequence[ClassSplit], tc: TrainConfig,
                  metrics: dict[str, float], rank: int, trial: pd.Series, device: str) -> dict[str, Any]:
     """One test evaluation with what reproduces it: config, seed, data, splits, versions, code, selection."""
     config = tc.to_dict()
@@ -209,7 +213,7 @@ def ledger_entry(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, split:
         "selection": {"rank": rank, "trial": int(trial["number"]), "state": str(trial["state"]),
                       SELECTION_METRIC: float(trial[f"best_{SELECTION_METRIC}"]),
                       "best_epoch": int(trial["best_epoch"]), "final_epochs": cfg["final_epochs"]},
-        "dataset": dataset.fingerprint(), "split": split.to_dict() | {"test": [int(c) for c in dataset.test_classes]},
+        "dataset": dataset.fingerprint(), "split": splits_record(folds, dataset.test_classes),
         "versions": versions(), "code": code_revision(), "device": device,
         "command": cfg["argv"], "metrics": metrics,
     }

@@ -137,7 +137,7 @@ def test_retrain_and_test_on_gpu_tasks_give_the_drivers_results(two_gpu_nodes, b
         run_dir.mkdir()
         cfg = final_cfg(run_dir, "--seeds", "2", "--gpus-per-trial", gpus)
         lines: list[str] = []
-        final = retrain_and_test(run_dir, cfg, blobs, split, selected(best_epoch=2), echo=lines.append)
+        final = retrain_and_test(run_dir, cfg, blobs, [split], selected(best_epoch=2), echo=lines.append)
         assert len(ledger.read(run_dir / ledger.LEDGER_NAME)) == 2 and len(lines) == 2
         results[gpus] = final.filter(like="test_").to_numpy()
     np.testing.assert_array_equal(results["0"], results["0.5"])

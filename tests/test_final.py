@@ -42,7 +42,7 @@ def test_top_k_default_is_one_on_glyphs_three_on_real_data_and_never_above_the_t
 def test_retrain_records_every_seed_with_what_reproduces_it(blobs, tmp_path) -> None:
     cfg = final_cfg(tmp_path, "--seeds", "2")
     split = fixed_split(blobs.train_classes, 0.3, seed=0)
-    final = retrain_and_test(tmp_path, cfg, blobs, split, selected(best_epoch=1), echo=lambda _: None)
+    final = retrain_and_test(tmp_path, cfg, blobs, [split], selected(best_epoch=1), echo=lambda _: None)
     entries = ledger.read(tmp_path / ledger.LEDGER_NAME)
     assert len(final) == len(entries) == 2
     assert final["epochs"].tolist() == [1, 1]  # auto: the trial's best validation epoch
@@ -70,7 +70,7 @@ def test_a_tested_study_is_refused_before_retraining_with_the_recorded_result(bl
     split = fixed_split(blobs.train_classes, 0.3, seed=0)
     with pytest.raises(ledger.TestAlreadyRecorded) as refused:
         # A split with a test class would fail in the retrain: the refusal must come first.
-        retrain_and_test(tmp_path, final_cfg(tmp_path), blobs, ClassSplit(split.fit, (*split.val, 11)), selected(),
+        retrain_and_test(tmp_path, final_cfg(tmp_path), blobs, [ClassSplit(split.fit, (*split.val, 11))], selected(),
                          echo=pytest.fail)
     message = str(refused.value)
     assert "already evaluated on 2026-01-01" in message and "65.43" in message and "--resume" in message
@@ -81,7 +81,7 @@ def test_the_retrain_cannot_reach_a_test_class(blobs, tmp_path) -> None:
     split = fixed_split(blobs.train_classes, 0.3, seed=0)
     leaky = ClassSplit(split.fit, (*split.val, int(blobs.test_classes[0])))
     with pytest.raises(base.TestAccessError, match="before the test stage"):
-        retrain_and_test(tmp_path, final_cfg(tmp_path), blobs, leaky, selected(), echo=pytest.fail)
+        retrain_and_test(tmp_path, final_cfg(tmp_path), blobs, [leaky], selected(), echo=pytest.fail)
     assert not (tmp_path / ledger.LEDGER_NAME).exists()
 
 
@@ -114,20 +114,20 @@ def test_a_failed_test_stage_keeps_the_retrained_models_for_the_next_attempt(blo
 
     monkeypatch.setattr(final, "test_metrics", unreadable)
     with pytest.raises(OSError, match="17.jpg"):
-        retrain_and_test(tmp_path, cfg, blobs, split, selected(best_epoch=2), echo=lambda _: None)
+        retrain_and_test(tmp_path, cfg, blobs, [split], selected(best_epoch=2), echo=lambda _: None)
     assert not (tmp_path / ledger.LEDGER_NAME).exists()
     kept = sorted(p.name for p in (tmp_path / final.FINAL_DIR).iterdir())
     assert kept == ["config1-seed0.pt", "config1-seed1.pt"]
 
     monkeypatch.setattr(final, "test_metrics", evaluate)  # the file is fixed: test the kept models, no retrain
     lines: list[str] = []
-    again = retrain_and_test(tmp_path, cfg, blobs, split, selected(best_epoch=2), echo=lines.append)
+    again = retrain_and_test(tmp_path, cfg, blobs, [split], selected(best_epoch=2), echo=lines.append)
     assert all("kept" in line for line in lines) and len(lines) == 2
     assert len(ledger.read(tmp_path / ledger.LEDGER_NAME)) == 2
 
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    first = retrain_and_test(fresh, final_cfg(fresh, "--seeds", "2"), blobs, split, selected(best_epoch=2),
+    first = retrain_and_test(fresh, final_cfg(fresh, "--seeds", "2"), blobs, [split], selected(best_epoch=2),
                              echo=lambda _: None)
     cols = [c for c in first.columns if c.startswith("test_")]
     pd.testing.assert_frame_equal(again[cols], first[cols])  # the kept models are the models a retrain gives
@@ -137,8 +137,8 @@ def test_a_kept_model_of_another_config_is_retrained_not_tested(blobs, tmp_path,
     split = fixed_split(blobs.train_classes, 0.3, seed=0)
     monkeypatch.setattr(final, "test_metrics", lambda *args: (_ for _ in ()).throw(OSError("unreadable")))
     with pytest.raises(OSError):
-        retrain_and_test(tmp_path, final_cfg(tmp_path), blobs, split, selected(best_epoch=2), echo=lambda _: None)
+        retrain_and_test(tmp_path, final_cfg(tmp_path), blobs, [split], selected(best_epoch=2), echo=lambda _: None)
     monkeypatch.undo()
     lines: list[str] = []
-    done = retrain_and_test(tmp_path, final_cfg(tmp_path), blobs, split, selected(best_epoch=1), echo=lines.append)
+    done = retrain_and_test(tmp_path, final_cfg(tmp_path), blobs, [split], selected(best_epoch=1), echo=lines.append)
     assert done["epochs"].tolist() == [1] and "1 epochs in" in lines[0] and "kept" not in lines[0]

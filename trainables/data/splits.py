@@ -5,7 +5,9 @@ species of one family), so a contiguous block would make validation unrepresenta
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +21,13 @@ class ClassSplit:
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"fit": list(self.fit), "val": list(self.val)}
+
+
+def splits_record(folds: Sequence[ClassSplit], test_classes: np.ndarray) -> dict[str, Any]:
+    """The class ids of a run as config.json and the ledger store them: the fixed split's fit and
+    validation classes, or every fold (k-fold), and the test classes."""
+    split = folds[0].to_dict() if len(folds) == 1 else {"folds": [f.to_dict() for f in folds]}
+    return split | {"test": [int(c) for c in test_classes]}
 
 
 def _checked(train_classes: np.ndarray) -> np.ndarray:
