@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 
 from results import ledger, runlock, tables
-from results.final import AUTO, already_tested, default_top_k, print_final, print_recorded, retrain_and_test
+from results.final import (AUTO, TestStageFailed, already_tested, default_top_k, print_final, print_recorded,
+                           retrain_and_test)
 from results.provenance import code_revision, versions
 from spaces import SPACES, OptimiserDefaults, default_config, define_by_run
 from trainables.config import LR_SCHEDULES, RECIPE_FIELDS, fixed_fields
@@ -290,7 +291,7 @@ def _drive(args: argparse.Namespace, argv: list[str], echo: Any) -> int:
                 f"{len(folds)} folds of ~{len(split.val)} validation classes ({cfg['search_folds']} searched)")
     echo(f"dmltune: {cfg['loss']} on {cfg['dataset']}: {held_out} (seed {cfg['seed']}), "
          f"{len(dataset.test_classes)} test classes kept closed until the end")
-    write_config(run_dir, cfg, dataset, folds)
+    write_config(run_dir, cfg, dataset, folds, echo)
 
     trials = search_stage(run_dir, cfg, folds, echo)
     counts = trials["state"].value_counts().to_dict()
@@ -318,16 +319,25 @@ def validation_splits(dataset: DMLDataset, cfg: dict[str, Any]) -> list[ClassSpl
         raise UsageError(f"--folds {cfg['folds']} does not fit {cfg['dataset']}: {err}") from None
 
 
-def write_config(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds: list[ClassSplit]) -> None:
-    """config.json: the resolved command line, versions, dataset fingerprint and every split's class ids."""
+def write_config(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds: list[ClassSplit],
+                 echo: Any = print) -> None:
+    """config.json: the resolved command line, versions, dataset fingerprint and every split's class ids.
+
+    `--resume` needs the splits and the training half's data unchanged; the test half may have been
+    repaired (a corrupt image that stopped the test stage), which the ledger then records.
+    """
     path = run_dir / "config.json"
     payload = {"command": cfg, "versions": versions(), "code": code_revision(),
                "dataset": dataset.fingerprint(), "split": splits_record(folds, dataset.test_classes)}
     if path.exists():
         before = json.loads(path.read_text())
-        if before["split"] != payload["split"] or before["dataset"] != payload["dataset"]:
+        old, new = before["dataset"], payload["dataset"]
+        if before["split"] != payload["split"] or old.get("train_sha256_16") != new["train_sha256_16"]:
             raise UsageError(f"{path} was written for other data or splits; --resume needs the same --dataset, "
                              "--data-root, --seed, --protocol, --folds and --val-fraction.")
+        if old["sha256_16"] != new["sha256_16"]:
+            echo("note: the test half's files changed since this run began; the search, selection and retrain "
+                 "used only the training half, which is unchanged. The ledger records the data as tested.")
         return
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
 
@@ -344,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ledger.TestAlreadyRecorded, runlock.RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TestStageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -86,8 +86,13 @@ def retrain_and_test(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, fo
             raise already_tested(ledger_path, recorded)
         # Evaluate every model before recording any: an unreadable test file then leaves the
         # ledger empty and the study testable once the file is fixed, not half-recorded.
-        results = run(evaluate_test, dataset,
-                      [(classes, tc, model, cfg["ks"]) for (_, _, tc), (model, _) in zip(picks, models)])
+        try:
+            results = run(evaluate_test, dataset,
+                          [(classes, tc, model, cfg["ks"]) for (_, _, tc), (model, _) in zip(picks, models)])
+        except OSError as err:  # a missing or corrupt test image (ImageReadError names it)
+            raise TestStageFailed(f"the test stage could not read its data, so nothing was recorded: {err}\n"
+                                  f"The retrained models are kept in {run_dir / FINAL_DIR}: fix the data and run the "
+                                  "same command with --resume to test them without retraining.") from err
         for (rank, trial, tc), (_, meta), metrics in zip(picks, models, results):
             entry = ledger_entry(run_dir, cfg, dataset, folds, tc, metrics, rank, trial, meta["device"])
             entries.append(entry)
@@ -193,6 +198,10 @@ def run_here(job: Callable[..., Any], dataset: DMLDataset, items: list[Any]) -> 
     torch.set_num_threads(os.cpu_count() or 1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return [job(dataset, item, device) for item in items]
+
+
+class TestStageFailed(RuntimeError):
+    """The test stage stopped on a data error before recording anything; the message says how to go on."""
 
 
 def test_metrics(trainer: Trainer, dataset: DMLDataset, ks: list[int]) -> dict[str, float]:

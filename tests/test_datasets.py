@@ -101,6 +101,20 @@ def test_fingerprint_is_stable_and_sees_file_changes(written: tuple[str, Written
     assert build_dataset(name, w.root, image_size=SIZE).fingerprint()["sha256_16"] != first["sha256_16"]
 
 
+def test_a_repaired_test_image_changes_the_data_but_not_what_the_search_saw(written: tuple[str, Written]) -> None:
+    name, w = written
+    first = build_dataset(name, w.root, image_size=SIZE).fingerprint()
+    half = {i: c in _classes(w, test=True) for i, c in enumerate(w.labels)}
+    for test in (True, False):
+        path = w.root / w.relpaths[next(i for i, t in half.items() if t == test)]
+        path.write_bytes(path.read_bytes() + b"\0")
+        now = build_dataset(name, w.root, image_size=SIZE).fingerprint()
+        assert now["sha256_16"] != first["sha256_16"]
+        # A test image's change leaves the search side alone; a training image's does not.
+        assert (now["train_sha256_16"] == first["train_sha256_16"]) == test
+        first = now
+
+
 def test_training_never_opens_test_images(written: tuple[str, Written]) -> None:
     """DESIGN §1: with every test-class image corrupt, the training half and the fingerprint still work."""
     name, w = written

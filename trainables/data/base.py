@@ -97,18 +97,28 @@ class DMLDataset(ABC):
             self._test_unlocked = False
 
     def fingerprint_parts(self) -> dict[str, Any]:
-        """What identifies the data; subclasses add their file list and sizes."""
+        """What identifies the data; subclasses add their file list and sizes.
+
+        Keys starting with "test_" describe only the test half's contents: `train_sha256_16` leaves them out.
+        """
         return {}
 
     def fingerprint(self) -> dict[str, Any]:
         """A stable description and hash of the data and its class halves, stored with every result."""
-        parts = {
+        halves = {
             "name": self.name,
             "items": int(len(self.labels)),
             "train_classes": [int(c) for c in self.train_classes],
             "test_classes": [int(c) for c in self.test_classes],
-            **self.fingerprint_parts(),
         }
-        digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-        return {"name": self.name, "items": parts["items"], "sha256_16": digest,
+        own = self.fingerprint_parts()
+        parts = halves | own
+        search_side = halves | {k: v for k, v in own.items() if not k.startswith("test_")}
+        return {"name": self.name, "items": parts["items"], "sha256_16": _digest(parts),
+                # What the search, selection and retrain could see: a repaired test image leaves it unchanged.
+                "train_sha256_16": _digest(search_side),
                 "train_classes": len(self.train_classes), "test_classes": len(self.test_classes)}
+
+
+def _digest(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

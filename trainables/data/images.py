@@ -136,7 +136,7 @@ class FileDataset(DMLDataset):
         return ImageFiles([prefix + self.relpaths[i] for i in indices], self.labels[indices], tf)
 
     def fingerprint_parts(self) -> dict[str, Any]:
-        """Hash of the root-relative file list with class ids, and the images' total size from stat.
+        """Hash of the root-relative file list with class ids, and the images' total size from stat, per half.
 
         Only `os.stat` touches the images (no file is opened, so the test half stays closed and SOP's
         120k files take about a second); a listed file that is missing is an error here, at the start
@@ -144,17 +144,18 @@ class FileDataset(DMLDataset):
         """
         if self._fingerprint is None:
             h = hashlib.sha256()
-            total, missing = 0, []
-            for rel, label in zip(self.relpaths, self.labels.tolist()):
+            size, missing = {"train_bytes": 0, "test_bytes": 0}, []
+            in_test = np.isin(self.labels, self.test_classes).tolist()
+            for rel, label, test in zip(self.relpaths, self.labels.tolist(), in_test):
                 h.update(f"{rel}\t{label}\n".encode())
                 try:
-                    total += os.stat(self.root / rel).st_size
+                    size["test_bytes" if test else "train_bytes"] += os.stat(self.root / rel).st_size
                 except FileNotFoundError:
                     missing.append(rel)
             if missing:
                 raise FileNotFoundError(f"{self.name}: {len(missing)} listed images are missing under {self.root}, "
                                         f"e.g. {self.root / missing[0]}. Layout: {self.layout} (DESIGN §8).")
-            self._fingerprint = {"files_sha256": h.hexdigest(), "bytes": total, "files": len(self.relpaths)}
+            self._fingerprint = {"files_sha256": h.hexdigest(), **size, "files": len(self.relpaths)}
             if self.test_query is not None and self.test_gallery is not None:
                 self._fingerprint["test_query"] = int(len(self.test_query))
                 self._fingerprint["test_gallery"] = int(len(self.test_gallery))
