@@ -113,8 +113,9 @@ def test_a_failed_test_stage_keeps_the_retrained_models_for_the_next_attempt(blo
         raise OSError("test image 17.jpg is truncated")
 
     monkeypatch.setattr(final, "test_metrics", unreadable)
-    with pytest.raises(OSError, match="17.jpg"):
+    with pytest.raises(final.TestStageFailed, match="17.jpg") as stopped:
         retrain_and_test(tmp_path, cfg, blobs, [split], selected(best_epoch=2), echo=lambda _: None)
+    assert "--resume" in str(stopped.value) and str(tmp_path / final.FINAL_DIR) in str(stopped.value)
     assert not (tmp_path / ledger.LEDGER_NAME).exists()
     kept = sorted(p.name for p in (tmp_path / final.FINAL_DIR).iterdir())
     assert kept == ["config1-seed0.pt", "config1-seed1.pt"]
@@ -136,7 +137,7 @@ def test_a_failed_test_stage_keeps_the_retrained_models_for_the_next_attempt(blo
 def test_a_kept_model_of_another_config_is_retrained_not_tested(blobs, tmp_path, monkeypatch) -> None:
     split = fixed_split(blobs.train_classes, 0.3, seed=0)
     monkeypatch.setattr(final, "test_metrics", lambda *args: (_ for _ in ()).throw(OSError("unreadable")))
-    with pytest.raises(OSError):
+    with pytest.raises(final.TestStageFailed):
         retrain_and_test(tmp_path, final_cfg(tmp_path), blobs, [split], selected(best_epoch=2), echo=lambda _: None)
     monkeypatch.undo()
     lines: list[str] = []
