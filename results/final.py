@@ -11,7 +11,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,8 @@ def retrain_and_test(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, fo
         # Evaluate every model before recording any: an unreadable test file then leaves the
         # ledger empty and the study testable once the file is fixed, not half-recorded.
         try:
-            results = run(evaluate_test, dataset,
-                          [(classes, tc, model, cfg["ks"]) for (_, _, tc), (model, _) in zip(picks, models)])
+            results = list(run(evaluate_test, dataset,
+                               [(classes, tc, model, cfg["ks"]) for (_, _, tc), (model, _) in zip(picks, models)]))
         except OSError as err:  # a missing or corrupt test image (ImageReadError names it)
             raise TestStageFailed(f"the test stage could not read its data, so nothing was recorded: {err}\n"
                                   f"The retrained models are kept in {run_dir / FINAL_DIR}: fix the data and run the "
@@ -120,7 +120,7 @@ def retrained(final_dir: Path, picks: list[tuple[int, pd.Series, TrainConfig]], 
     todo = [i for i in range(len(picks)) if i not in models]
     final_dir.mkdir(exist_ok=True)
     for i, model in zip(todo, run(retrain, dataset, [(classes, picks[i][2]) for i in todo])):
-        paths[i].write_bytes(model)
+        paths[i].write_bytes(model)  # as each arrives: a later retrain that fails does not take it along
         models[i] = model
     out = []
     for i, (rank, trial, tc) in enumerate(picks):
@@ -174,7 +174,7 @@ def torch_load(model: bytes, device: str = "cpu") -> dict[str, Any]:
     return torch.load(io.BytesIO(model), map_location=device, weights_only=True)
 
 
-Runner = Callable[..., list[Any]]  # (job, dataset, items) -> [job(dataset, item, device) for each item]
+Runner = Callable[..., Iterator[Any]]  # (job, dataset, items) -> job(dataset, item, device) of each item, in order
 
 
 def job_runner(cfg: dict[str, Any]) -> Runner:
@@ -192,12 +192,13 @@ def job_runner(cfg: dict[str, Any]) -> Runner:
     return run_here
 
 
-def run_here(job: Callable[..., Any], dataset: DMLDataset, items: list[Any]) -> list[Any]:
+def run_here(job: Callable[..., Any], dataset: DMLDataset, items: list[Any]) -> Iterator[Any]:
+    """The jobs one after another in this process, each result handed on as soon as it exists."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return [job(dataset, item, device) for item in items]
+    return (job(dataset, item, device) for item in items)
 
 
 class TestStageFailed(RuntimeError):

@@ -119,7 +119,7 @@ def probe(dataset: list[int], item: int, device: str) -> dict[str, Any]:
 
 def test_final_stage_jobs_are_ray_tasks_with_a_trials_resources_side_by_side(two_gpu_nodes) -> None:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
-    done = run_tasks(probe, [1, 2, 3], list(range(4)), cpus=1, gpus=0.5, address=None)
+    done = list(run_tasks(probe, [1, 2, 3], list(range(4)), cpus=1, gpus=0.5, address=None))
     assert [d["item"] for d in done] == [0, 1, 2, 3] and {d["data"] for d in done} == {6}
     for d in done:
         assert d["pid"] != os.getpid() and d["threads"] == 1

@@ -143,3 +143,23 @@ def test_a_kept_model_of_another_config_is_retrained_not_tested(blobs, tmp_path,
     lines: list[str] = []
     done = retrain_and_test(tmp_path, final_cfg(tmp_path), blobs, [split], selected(best_epoch=1), echo=lines.append)
     assert done["epochs"].tolist() == [1] and "1 epochs in" in lines[0] and "kept" not in lines[0]
+
+
+def test_a_retrain_that_fails_keeps_the_models_finished_before_it(blobs, tmp_path, monkeypatch) -> None:
+    split = fixed_split(blobs.train_classes, 0.3, seed=0)
+    cfg = final_cfg(tmp_path, "--seeds", "2")
+    train = final.retrain
+
+    def second_seed_crashes(dataset, job, device):
+        if job[1].seed == 1:
+            raise MemoryError("out of memory")
+        return train(dataset, job, device)
+
+    monkeypatch.setattr(final, "retrain", second_seed_crashes)
+    with pytest.raises(MemoryError):
+        retrain_and_test(tmp_path, cfg, blobs, [split], selected(best_epoch=1), echo=lambda _: None)
+    assert [p.name for p in (tmp_path / final.FINAL_DIR).iterdir()] == ["config1-seed0.pt"]
+    monkeypatch.undo()
+    lines: list[str] = []
+    retrain_and_test(tmp_path, cfg, blobs, [split], selected(best_epoch=1), echo=lines.append)
+    assert "kept" in lines[0] and "1 epochs in" in lines[1]

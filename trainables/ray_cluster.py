@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +55,19 @@ def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
 
 
 def run_tasks(job: Callable[..., Any], dataset: DMLDataset, items: Sequence[Any], *, cpus: float, gpus: float,
-              address: str | None) -> list[Any]:
-    """[job(dataset, item, device) for item in items], each item a Ray task holding one trial's resources.
+              address: str | None) -> Iterator[Any]:
+    """job(dataset, item, device) of every item, each a Ray task holding one trial's resources.
 
     The final stage's retrains and test evaluations go where the trials went (GPU workers, several
     at once), not to the driver, which on a cluster sits on the CPU head. The dataset enters the
-    object store once; results come back in the order of `items`.
+    object store once; all tasks start at once, and their results come back in the order of
+    `items`, each as soon as it and those before it are done.
     """
     init_ray(address)
     task = ray.remote(_on_worker).options(num_cpus=cpus, num_gpus=gpus)
     shared = ray.put(dataset)
-    return ray.get([task.remote(job, shared, item, max(1, int(cpus))) for item in items])
+    refs = [task.remote(job, shared, item, max(1, int(cpus))) for item in items]
+    return (ray.get(ref) for ref in refs)
 
 
 def _on_worker(job: Callable[..., Any], dataset: DMLDataset, item: Any, threads: int) -> Any:
