@@ -332,7 +332,10 @@ def write_config(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds:
     if path.exists():
         before = json.loads(path.read_text())
         old, new = before["dataset"], payload["dataset"]
-        if before["split"] != payload["split"] or old.get("train_sha256_16") != new["train_sha256_16"]:
+        if "train_sha256_16" not in old:
+            raise UsageError(f"{path} was written by an older dmltune, whose data fingerprint this one cannot "
+                             "compare; finish that run with the version that started it, or start a new --out.")
+        if before["split"] != payload["split"] or old["train_sha256_16"] != new["train_sha256_16"]:
             raise UsageError(f"{path} was written for other data or splits; --resume needs the same --dataset, "
                              "--data-root, --seed, --protocol, --folds and --val-fraction.")
         if old["sha256_16"] != new["sha256_16"]:

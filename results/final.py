@@ -23,6 +23,7 @@ from results import ledger, tables
 from results.provenance import code_revision, versions
 from trainables.config import SELECTION_METRIC, TrainConfig, config_hash, fixed_fields, learned_fields
 from trainables.data.base import DMLDataset
+from trainables.data.images import ImageReadError
 from trainables.data.splits import ClassSplit, splits_record
 from trainables.trainer import Trainer
 
@@ -87,9 +88,10 @@ def retrain_and_test(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, fo
         # Evaluate every model before recording any: an unreadable test file then leaves the
         # ledger empty and the study testable once the file is fixed, not half-recorded.
         try:
-            results = list(run(evaluate_test, dataset,
-                               [(classes, tc, model, cfg["ks"]) for (_, _, tc), (model, _) in zip(picks, models)]))
-        except OSError as err:  # a missing or corrupt test image (ImageReadError names it)
+            done = dict(run(evaluate_test, dataset,
+                            [(classes, tc, model, cfg["ks"]) for (_, _, tc), (model, _) in zip(picks, models)]))
+            results = [done[i] for i in range(len(picks))]
+        except ImageReadError as err:  # a missing or corrupt test image, named in the message
             raise TestStageFailed(f"the test stage could not read its data, so nothing was recorded: {err}\n"
                                   f"The retrained models are kept in {run_dir / FINAL_DIR}: fix the data and run the "
                                   "same command with --resume to test them without retraining.") from err
@@ -116,31 +118,38 @@ def retrained(final_dir: Path, picks: list[tuple[int, pd.Series, TrainConfig]], 
     A model an earlier attempt kept in `final_dir` for exactly this config is reused; the rest are trained now.
     """
     paths = [final_dir / f"config{rank}-seed{tc.seed}.pt" for rank, _, tc in picks]
-    models = {i: model for i, (path, (_, _, tc)) in enumerate(zip(paths, picks)) if (model := kept(path, tc))}
+    models = {i: found for i, (path, (_, _, tc)) in enumerate(zip(paths, picks)) if (found := kept(path, tc))}
     todo = [i for i in range(len(picks)) if i not in models]
     final_dir.mkdir(exist_ok=True)
-    for i, model in zip(todo, run(retrain, dataset, [(classes, picks[i][2]) for i in todo])):
-        paths[i].write_bytes(model)  # as each arrives: a later retrain that fails does not take it along
-        models[i] = model
-    out = []
+    for j, model in run(retrain, dataset, [(classes, picks[i][2]) for i in todo]):
+        i = todo[j]  # written as each finishes: a retrain that fails later does not take it along
+        partial = paths[i].with_suffix(".tmp")
+        partial.write_bytes(model)
+        partial.replace(paths[i])  # whole or absent, even if the driver is stopped mid-write
+        models[i] = model, _meta(torch_load(model))
     for i, (rank, trial, tc) in enumerate(picks):
-        meta = {k: v for k, v in torch_load(models[i]).items() if k != "trainer"}
+        meta = models[i][1]
         how = f"kept {paths[i]}" if i not in todo else \
             f"{tc.epochs} epochs in {meta['train_seconds']:.0f}s on {meta['device']}"
         echo(f"retrain: config #{rank} (trial {trial['number']}) seed {tc.seed}: {how}")
-        out.append((models[i], meta))
-    return out
+    return [models[i] for i in range(len(picks))]
 
 
-def kept(path: Path, tc: TrainConfig) -> bytes | None:
+def kept(path: Path, tc: TrainConfig) -> tuple[bytes, dict[str, Any]] | None:
     """The model an earlier attempt retrained for exactly this config, if it is there."""
     if not path.exists():
         return None
     model = path.read_bytes()
-    state = torch_load(model)["trainer"]
+    checkpoint = torch_load(model)
+    state = checkpoint["trainer"]
     if learned_fields(state["config"]) != learned_fields(tc.to_dict()) or state["epoch"] != tc.epochs:
         return None
-    return model
+    return model, _meta(checkpoint)
+
+
+def _meta(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A retrain checkpoint's record of where and how long it trained."""
+    return {k: v for k, v in checkpoint.items() if k != "trainer"}
 
 
 def retrain(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig], device: str) -> bytes:
@@ -174,7 +183,8 @@ def torch_load(model: bytes, device: str = "cpu") -> dict[str, Any]:
     return torch.load(io.BytesIO(model), map_location=device, weights_only=True)
 
 
-Runner = Callable[..., Iterator[Any]]  # (job, dataset, items) -> job(dataset, item, device) of each item, in order
+# (job, dataset, items) -> (index, job(dataset, items[index], device)) for every item, as each finishes.
+Runner = Callable[..., Iterator[tuple[int, Any]]]
 
 
 def job_runner(cfg: dict[str, Any]) -> Runner:
@@ -192,13 +202,13 @@ def job_runner(cfg: dict[str, Any]) -> Runner:
     return run_here
 
 
-def run_here(job: Callable[..., Any], dataset: DMLDataset, items: list[Any]) -> Iterator[Any]:
+def run_here(job: Callable[..., Any], dataset: DMLDataset, items: list[Any]) -> Iterator[tuple[int, Any]]:
     """The jobs one after another in this process, each result handed on as soon as it exists."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return (job(dataset, item, device) for item in items)
+    return ((i, job(dataset, item, device)) for i, item in enumerate(items))
 
 
 class TestStageFailed(RuntimeError):

@@ -47,6 +47,7 @@ STATE_STYLE = {
     "unfinished": {"color": "tab:cyan", "marker": "s", "filled": False, "ls": "-.",
                    "label": "unfinished (running or waiting)"},
     "failed": {"color": "tab:red", "marker": "x", "filled": True, "ls": "-", "label": "failed"},
+    "rerun": {"color": "0.75", "marker": "+", "filled": True, "ls": ":", "label": "interrupted, config run again"},
 }
 # Tested metrics other than Recall@K, as the final table heads them (any other is shown by its own name).
 METRIC_NAMES = {"map@r": "MAP@R", "r_precision": "R-Precision"}
@@ -377,12 +378,13 @@ def protocol_paragraph(run: Run) -> str:
     test = split["test"]
     rule = ("each config's best validation epoch (<code>--final-epochs auto</code>)" if cmd["final_epochs"] == AUTO
             else f"{cmd['final_epochs']} epochs (fixed in advance)")
+    configs = int((run.trials["shown"] != "rerun").sum())  # a rerun trial's config ran again as another trial
     tested = (f"tested once on {html.escape(run.entries[0]['time'])}, {len(run.entries)} ledger entries"
               if run.entries else "<b>not tested yet</b>: the test classes have not been opened")
     return (
         f"<p><b>{html.escape(cmd['dataset'])}</b> ({data['items']} images, fingerprint "
         f"<code>{html.escape(data['sha256_16'])}</code>) splits by class: {train} training classes, "
-        f"{len(test)} test classes. {validation} <b>Search</b>: {len(run.trials)} configs of "
+        f"{len(test)} test classes. {validation} <b>Search</b>: {configs} configs of "
         f"<b>{html.escape(cmd['loss'])}</b> proposed by Optuna TPE (the paper's defaults first), trained as Ray "
         f"Tune trials for up to {cmd['max_epochs']} epochs and scored by validation Recall@1 after every epoch; "
         f"ASHA (grace {cmd['grace_period']}, reduction {cmd['reduction_factor']}) stopped weak trials and Optuna "

@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from trainables.config import DIVERGED, RAY_TRIAL_ID_ATTR, SECONDS_ATTR, SELECTION_METRIC
+from trainables.config import DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, SELECTION_METRIC
 
 STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
           optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",
@@ -30,7 +30,7 @@ def trials_frame(study: optuna.Study, max_epochs: int) -> pd.DataFrame:
         rows.append({
             "number": t.number,
             "ray_trial_id": t.user_attrs.get(RAY_TRIAL_ID_ATTR),
-            "state": STATES.get(t.state, t.state.name.lower()),
+            "state": "rerun" if RERUN_ATTR in t.user_attrs else STATES.get(t.state, t.state.name.lower()),
             # Why a trial whose loss turned NaN/inf ended (the trainer's message), else None.
             DIVERGED: t.user_attrs.get(DIVERGED),
             "epochs": len(curve),
@@ -64,7 +64,7 @@ def select_top(trials: pd.DataFrame, k: int) -> pd.DataFrame:
     """The k best trials in `ranked` order (a pruned trial only when fewer than k ran the full budget)."""
     order = ranked(trials)
     if order.empty:
-        raise RuntimeError("No trial can be selected: every trial failed or diverged. "
+        raise RuntimeError("No trial can be selected: every trial failed, diverged or is unfinished. "
                            "See the trial logs under the run directory's ray/ folder.")
     return order.head(k)
 

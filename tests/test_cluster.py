@@ -119,13 +119,27 @@ def probe(dataset: list[int], item: int, device: str) -> dict[str, Any]:
 
 def test_final_stage_jobs_are_ray_tasks_with_a_trials_resources_side_by_side(two_gpu_nodes) -> None:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
-    done = list(run_tasks(probe, [1, 2, 3], list(range(4)), cpus=1, gpus=0.5, address=None))
-    assert [d["item"] for d in done] == [0, 1, 2, 3] and {d["data"] for d in done} == {6}
+    by_index = dict(run_tasks(probe, [1, 2, 3], list(range(4)), cpus=1, gpus=0.5, address=None))
+    assert all(by_index[i]["item"] == i for i in range(4)) and {d["data"] for d in by_index.values()} == {6}
+    done = list(by_index.values())
     for d in done:
         assert d["pid"] != os.getpid() and d["threads"] == 1
         assert len(d["gpu_ids"]) == 1 and d["device"] == "cpu"  # pretend GPUs: torch sees none
     # Four half-GPU jobs on two GPUs: all at once, not one after another.
     assert max(d["span"][0] for d in done) < min(d["span"][1] for d in done)
+
+
+def refuse_two(dataset: list[int], item: int, device: str) -> int:
+    if item == 2:
+        raise ValueError("item 2 cannot be done")
+    return item
+
+
+def test_a_failing_final_stage_task_raises_its_error(two_gpu_nodes) -> None:
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    assert list(run_tasks(refuse_two, [], [], cpus=1, gpus=0.5, address=None)) == []
+    with pytest.raises(ValueError, match="item 2 cannot be done"):
+        list(run_tasks(refuse_two, [], [0, 1, 2, 3], cpus=1, gpus=0.5, address=None))
 
 
 def test_retrain_and_test_on_gpu_tasks_give_the_drivers_results(two_gpu_nodes, blobs, tmp_path) -> None:

@@ -21,9 +21,9 @@ from ray_helpers import IMAGE_SIZE, LOSS, ResultLog, glyph_setup, logged_results
 
 import search
 from results import tables
-from trainables.config import RAY_TRIAL_ID_ATTR, SECONDS_ATTR, SELECTION_METRIC
-from trainables.ray_tune import (CHECKPOINT_ATTR, DIVERGED, EPOCH, RERUN_ATTR, RESUME_KEY, PruningAwareOptunaSearch,
-                                 ResumableASHA, SearchSettings, left_by_earlier_drivers, run_search, study_storage,
+from trainables.config import RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, SELECTION_METRIC
+from trainables.ray_tune import (CHECKPOINT_ATTR, DIVERGED, EPOCH, RESUME_KEY, PruningAwareOptunaSearch,
+                                 ResumableASHA, SearchSettings, settle_earlier_drivers, run_search, study_storage,
                                  tpe_sampler)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,14 +147,14 @@ def test_an_interrupted_trial_whose_checkpoint_is_gone_runs_again_as_a_new_trial
     kept.set_user_attr(CHECKPOINT_ATTR, str(kept_dir))
     fresh = study.ask({"lr": lr})  # interrupted in its first epoch: nothing reported, nothing to mix
 
-    finished, resumed, rerun = left_by_earlier_drivers(study, trials=4)
+    finished, resumed, rerun = settle_earlier_drivers(study, trials=4)
     assert [t.number for t in finished] == [0]
     assert [t.number for t in resumed] == [kept.number, fresh.number]
     assert rerun == [study.trials[lost.number].params]  # its config runs again under a new number
     closed = study.trials[lost.number]
     assert closed.state == TrialState.FAIL and RERUN_ATTR in closed.user_attrs
     # The closed trial does not use up the budget: a later driver still owes 3 trials beyond the finished one.
-    again, _, _ = left_by_earlier_drivers(study, trials=4)
+    again, _, _ = settle_earlier_drivers(study, trials=4)
     assert [t.number for t in again] == [0]
 
 

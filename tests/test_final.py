@@ -10,6 +10,7 @@ from results import final, ledger
 from results.final import AUTO, default_top_k, final_epochs, print_final, retrain_and_test
 from trainables.config import SELECTION_METRIC
 from trainables.data import base
+from trainables.data.images import ImageReadError
 from trainables.data.splits import ClassSplit, fixed_split
 
 PARAMS = {"param_lr": 1e-3, "param_weight_decay": 1e-4, "param_proxy_lr": 1e-1, "param_margin": 0.1,
@@ -110,8 +111,11 @@ def test_a_failed_test_stage_keeps_the_retrained_models_for_the_next_attempt(blo
     evaluate = final.test_metrics
 
     def unreadable(*args: object) -> None:
-        raise OSError("test image 17.jpg is truncated")
+        raise ImageReadError("test image 17.jpg is truncated")
 
+    monkeypatch.setattr(final, "test_metrics", lambda *args: (_ for _ in ()).throw(PermissionError("not data")))
+    with pytest.raises(PermissionError):  # not a data error: raised as it is, with its traceback
+        retrain_and_test(tmp_path, cfg, blobs, [split], selected(best_epoch=2), echo=lambda _: None)
     monkeypatch.setattr(final, "test_metrics", unreadable)
     with pytest.raises(final.TestStageFailed, match="17.jpg") as stopped:
         retrain_and_test(tmp_path, cfg, blobs, [split], selected(best_epoch=2), echo=lambda _: None)
@@ -136,7 +140,7 @@ def test_a_failed_test_stage_keeps_the_retrained_models_for_the_next_attempt(blo
 
 def test_a_kept_model_of_another_config_is_retrained_not_tested(blobs, tmp_path, monkeypatch) -> None:
     split = fixed_split(blobs.train_classes, 0.3, seed=0)
-    monkeypatch.setattr(final, "test_metrics", lambda *args: (_ for _ in ()).throw(OSError("unreadable")))
+    monkeypatch.setattr(final, "test_metrics", lambda *args: (_ for _ in ()).throw(ImageReadError("unreadable")))
     with pytest.raises(final.TestStageFailed):
         retrain_and_test(tmp_path, final_cfg(tmp_path), blobs, [split], selected(best_epoch=2), echo=lambda _: None)
     monkeypatch.undo()

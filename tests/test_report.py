@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 import search
 from results import final, ledger, report, tables
 from spaces import OptimiserDefaults, default_config, define_by_run
-from trainables.config import DIVERGED, SECONDS_ATTR, SELECTION_METRIC
+from trainables.config import DIVERGED, RERUN_ATTR, SECONDS_ATTR, SELECTION_METRIC
 
 MAX_EPOCHS = 6
 R1_TESTED = {1: [0.612, 0.634], 2: [0.581, 0.590]}  # config rank -> test R@1 per seed
@@ -47,14 +47,16 @@ def kinds(complete: int, pruned: int, failed: int = 0) -> list[tuple[str, int]]:
 
 
 STUDY_STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL,
-                "diverged": TrialState.PRUNED, "running": TrialState.RUNNING, "waiting": TrialState.WAITING}
+                "diverged": TrialState.PRUNED, "running": TrialState.RUNNING, "waiting": TrialState.WAITING,
+                "rerun": TrialState.FAIL}
 
 
 def write_run(out, trials: list[tuple[str, int]], tested: bool = True, trials_flag: int | None = None) -> None:
     """A run directory as search.py leaves it: config.json, study.db (defaults first), ledger, final.parquet.
 
-    `trials` are (kind, epochs) in trial order: a study state, or "diverged" (pruned with the reason, its
-    last epoch scored 0 as ray_tune reports it). `trials_flag` is config.json's --trials if not len(trials).
+    `trials` are (kind, epochs) in trial order: a study state, "diverged" (pruned with the reason, its
+    last epoch scored 0 as ray_tune reports it) or "rerun" (closed on resume, its config run again).
+    `trials_flag` is config.json's --trials if not len(trials).
     """
     out.mkdir(parents=True, exist_ok=True)
     argv = ["--loss", "proxy_anchor", "--trials", str(trials_flag or len(trials)), "--max-epochs", str(MAX_EPOCHS),
@@ -84,7 +86,7 @@ def write_run(out, trials: list[tuple[str, int]], tested: bool = True, trials_fl
             value=max(curve.values()) if state == TrialState.COMPLETE else None,
             datetime_start=None if waiting else begin,
             datetime_complete=begin + timedelta(seconds=1 + 10 * epochs) if state.is_finished() else None,
-            user_attrs=({DIVERGED: REASON} if kind == "diverged" else {})
+            user_attrs=({DIVERGED: REASON} if kind == "diverged" else {RERUN_ATTR: "gone"} if kind == "rerun" else {})
             | ({} if waiting else {SECONDS_ATTR: 1.0 + 10 * epochs}), system_attrs={}))
     if not tested:
         return
@@ -186,9 +188,11 @@ def test_study_db_opens_as_optuna_dashboard_opens_it(run_dir) -> None:
 
 
 # An interrupted run (`python -m results.report RUN` before its test stage), resumed with another --trials:
-# the defaults diverged, one trial failed after two epochs, three were still running or waiting.
+# the defaults diverged, one trial failed after two epochs, three were still running or waiting, and one
+# lost its checkpoint and was closed, its config run again as a new trial.
 MIXED = ([("diverged", 2)] + [("complete", MAX_EPOCHS)] * 4 + [("pruned", 1), ("pruned", 3), ("pruned", 3)]
-         + [("failed", 2), ("failed", 0), ("diverged", 4), ("running", 2), ("running", 0), ("waiting", 0)])
+         + [("failed", 2), ("failed", 0), ("diverged", 4), ("running", 2), ("running", 0), ("waiting", 0),
+            ("rerun", 2)])
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +253,7 @@ def test_cost_counts_only_trials_that_finished_normally_as_asha_savings(mixed) -
 
 
 def test_protocol_counts_the_trials_in_the_study_not_the_commands_trials(mixed) -> None:
-    assert f"<b>Search</b>: {len(MIXED)} configs" in report.protocol_paragraph(mixed)
+    assert f"<b>Search</b>: {len(MIXED) - 1} configs" in report.protocol_paragraph(mixed)  # a rerun is one config
 
 
 def test_the_defaults_rank_is_their_selection_rank(tmp_path) -> None:

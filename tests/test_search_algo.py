@@ -8,7 +8,7 @@ from ray_helpers import glyph_setup, paper_point, space
 
 from results import tables
 from spaces import OptimiserDefaults, default_config, define_by_run
-from trainables.config import SELECTION_METRIC
+from trainables.config import DIVERGED, SELECTION_METRIC
 from trainables.ray_cluster import init_ray
 from trainables.ray_tune import EPOCH, PruningAwareOptunaSearch, SearchSettings, run_search, tpe_sampler
 
@@ -60,9 +60,15 @@ def test_a_full_budget_trial_is_told_its_best_epoch_the_number_selection_ranks_i
     searcher.suggest("broken")
     searcher.on_trial_result("broken", {SELECTION_METRIC: 0.3, EPOCH: 1})
     searcher.on_trial_complete("broken", {SELECTION_METRIC: 0.35, EPOCH: 2}, error=True)
+    searcher.suggest("blew_up")  # its loss turned NaN in the last epoch: the trainable reports 0 with the reason
+    for step, v in enumerate([0.5, 0.6, 0.65], start=1):
+        searcher.on_trial_result("blew_up", {SELECTION_METRIC: v, EPOCH: step})
+    searcher.on_trial_complete("blew_up", {SELECTION_METRIC: 0.0, EPOCH: 4, DIVERGED: "loss is nan"})
     study = tables.load_study(tmp_path)
     by_id = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
     assert by_id["peaked"].state == TrialState.COMPLETE and by_id["peaked"].value == 0.7
+    # Not a good full-budget config: TPE must not learn 0.65 from it.
+    assert by_id["blew_up"].state == TrialState.PRUNED and by_id["blew_up"].user_attrs[DIVERGED] == "loss is nan"
     assert by_id["broken"].state == TrialState.FAIL  # an errored trial is not COMPLETE, whatever it reported
     frame = tables.trials_frame(study, max_epochs=4).set_index("number")
     assert frame.loc[by_id["peaked"].number, f"best_{SELECTION_METRIC}"] == by_id["peaked"].value

@@ -26,5 +26,5 @@ def test_ranked_puts_full_budget_first_and_leaves_out_what_cannot_be_selected() 
 
 def test_select_top_refuses_a_study_with_nothing_selectable() -> None:
     trials = _frame([("failed", False, None, None), ("pruned", False, 0.0, "loss became inf in epoch 1")])
-    with pytest.raises(RuntimeError, match="every trial failed or diverged"):
+    with pytest.raises(RuntimeError, match="every trial failed, diverged or is unfinished"):
         tables.select_top(trials, 1)

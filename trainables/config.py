@@ -100,3 +100,8 @@ DIVERGED = "diverged"
 # Optuna user attribute: seconds the trial has run on its workers (Tune's time_total_s), summed over the
 # drivers of a resumed study, so a trial's cost never counts the time between two drivers.
 SECONDS_ATTR = "seconds"
+# Optuna user attribute of an interrupted trial that had reported epochs but whose checkpoint is gone:
+# it is closed as FAIL and its config runs again as a new trial (Optuna keeps a step's first value,
+# so a rerun under the same number would mix two runs' curves). It does not count against the budget,
+# and the trials table shows it as "rerun".
+RERUN_ATTR = "rerun"

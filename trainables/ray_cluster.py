@@ -55,19 +55,32 @@ def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
 
 
 def run_tasks(job: Callable[..., Any], dataset: DMLDataset, items: Sequence[Any], *, cpus: float, gpus: float,
-              address: str | None) -> Iterator[Any]:
-    """job(dataset, item, device) of every item, each a Ray task holding one trial's resources.
+              address: str | None) -> Iterator[tuple[int, Any]]:
+    """(index, job(dataset, items[index], device)) of every item, each a Ray task holding one trial's resources.
 
     The final stage's retrains and test evaluations go where the trials went (GPU workers, several
     at once), not to the driver, which on a cluster sits on the CPU head. The dataset enters the
-    object store once; all tasks start at once, and their results come back in the order of
-    `items`, each as soon as it and those before it are done.
+    object store once per call. All tasks are submitted at once and their results come back as each
+    finishes; if one fails, its error is raised and the tasks still running are cancelled.
     """
+    if not items:
+        return iter(())
     init_ray(address)
     task = ray.remote(_on_worker).options(num_cpus=cpus, num_gpus=gpus)
     shared = ray.put(dataset)
-    refs = [task.remote(job, shared, item, max(1, int(cpus))) for item in items]
-    return (ray.get(ref) for ref in refs)
+    refs = {task.remote(job, shared, item, max(1, int(cpus))): i for i, item in enumerate(items)}
+    return _as_completed(refs)
+
+
+def _as_completed(refs: dict[ray.ObjectRef, int]) -> Iterator[tuple[int, Any]]:
+    pending = list(refs)
+    try:
+        while pending:
+            (done,), pending = ray.wait(pending, num_returns=1)
+            yield refs[done], ray.get(done)
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
 
 
 def _on_worker(job: Callable[..., Any], dataset: DMLDataset, item: Any, threads: int) -> Any:

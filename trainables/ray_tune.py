@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import optuna
@@ -39,8 +38,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables.config import (DIVERGED, RAY_TRIAL_ID_ATTR, SECONDS_ATTR, SELECTION_METRIC, SELECTION_MODE,
-                                TrainConfig)
+from trainables.config import (DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, SELECTION_METRIC,
+                                SELECTION_MODE, TrainConfig)
 from trainables.data import build_dataset
 from trainables.data.base import DMLDataset
 from trainables.data.splits import ClassSplit
@@ -57,10 +56,6 @@ EPOCH = "epoch"
 CHECKPOINT_ATTR = "checkpoint"
 # Config key of a Ray trial that continues an interrupted study trial: {"trial": number[, "checkpoint": uri]}.
 RESUME_KEY = "resume"
-# Optuna user attribute of an interrupted trial that had reported epochs but whose checkpoint is gone:
-# it is closed as FAIL and its config runs again as a new trial (Optuna keeps a step's first value,
-# so a rerun under the same number would mix two runs' curves). It does not count against the budget.
-RERUN_ATTR = "rerun"
 EXPERIMENT_DIR = "ray"
 FOLD_METRIC = SELECTION_METRIC.removeprefix("val_")  # the selection metric as Trainer.evaluate names it
 PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"  # Tune's limit on trials waiting for an actor (a user's value wins)
@@ -219,9 +214,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._record_seconds(trial_id, result)
         if error:  # Ray's OptunaSearch would call an errored trial that had reported COMPLETE
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-        elif value is not None and step >= self.max_t:
+        elif value is not None and step >= self.max_t and DIVERGED not in result:
             self._ot_study.tell(ot_trial, self._best[trial_id])
-        else:  # stopped by ASHA (or before its first result): Optuna keeps its last reported value
+        else:  # stopped by ASHA, diverged (last value 0), or ended before its first result: Optuna keeps the last value
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
@@ -343,9 +338,9 @@ def study_storage(run_dir: Path) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{(run_dir / 'study.db').resolve()}")
 
 
-def left_by_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[FrozenTrial], list[FrozenTrial],
-                                                                        list[dict[str, Any]]]:
-    """What a study holds for a driver with a budget of `trials`: (finished, to continue, configs to rerun).
+def settle_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[FrozenTrial], list[FrozenTrial],
+                                                                       list[dict[str, Any]]]:
+    """Close what earlier drivers cannot hand on; return (finished, to continue, configs to rerun).
 
     Finished trials count against the budget. Interrupted (RUNNING) trials continue under their own
     numbers, from their last checkpoint or, if they reported nothing yet, from epoch 1. One that
@@ -385,7 +380,7 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
                                 direction="maximize" if SELECTION_MODE == "max" else "minimize")
     past = study.get_trials(deepcopy=False)
-    finished, resumed, rerun = left_by_earlier_drivers(study, settings.trials)
+    finished, resumed, rerun = settle_earlier_drivers(study, settings.trials)
     budget = settings.trials - len(finished)
     if budget <= 0:
         return
@@ -423,8 +418,12 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     # With a searcher Tune keeps one trial pending at a time, so the trials of the first wave start
     # one actor start-up (seconds: imports, data) after another. Constant-liar TPE proposes well
     # for trials still pending, so let every slot's trial start at once.
-    pending = os.environ.get(PENDING_ENV) or str(trial_slots(settings.cpus_per_trial, settings.gpus_per_trial))
-    with mock.patch.dict(os.environ, {PENDING_ENV: pending}):
+    ours = PENDING_ENV not in os.environ  # a user's value wins
+    os.environ.setdefault(PENDING_ENV, str(trial_slots(settings.cpus_per_trial, settings.gpus_per_trial)))
+    try:
         tuner.fit()
+    finally:
+        if ours:
+            del os.environ[PENDING_ENV]
 
 
