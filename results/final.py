@@ -95,8 +95,9 @@ def retrain_and_test(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, fo
             raise TestStageFailed(f"the test stage could not read its data, so nothing was recorded: {err}\n"
                                   f"The retrained models are kept in {run_dir / FINAL_DIR}: fix the data and run the "
                                   "same command with --resume to test them without retraining.") from err
-        for (rank, trial, tc), (_, meta), metrics in zip(picks, models, results):
-            entry = ledger_entry(run_dir, cfg, dataset, folds, tc, metrics, rank, trial, meta["device"])
+        for (rank, trial, tc), (_, meta), (metrics, tested_on) in zip(picks, models, results):
+            entry = ledger_entry(run_dir, cfg, dataset, folds, tc, metrics, rank, trial,
+                                 {"device": meta["device"], "test_device": tested_on})
             entries.append(entry)
             rows.append({"config_rank": rank, "trial_number": int(trial["number"]),
                          "config_hash": entry["config_hash"], "seed": tc.seed, "epochs": tc.epochs,
@@ -162,19 +163,19 @@ def retrain(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig], device: st
     while trainer.epoch < tc.epochs:
         trainer.train_epoch()
     buffer = io.BytesIO()
-    torch.save({"trainer": trainer.state_dict(), "train_seconds": time.perf_counter() - start,
+    torch.save({"trainer": trainer.state_dict(optimizer=False), "train_seconds": time.perf_counter() - start,
                 "device": device_name(device)}, buffer)
     return buffer.getvalue()
 
 
 def evaluate_test(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig, bytes, list[int]],
-                  device: str) -> dict[str, float]:
-    """Evaluate one retrained model on the test half: the only code that opens it."""
+                  device: str) -> tuple[dict[str, float], str]:
+    """Evaluate one retrained model on the test half (the only code that opens it); also where it ran."""
     classes, tc, model, ks = job
     trainer = Trainer(tc, dataset.subset(classes, train=True), device=device)
     trainer.load_state_dict(torch_load(model, device)["trainer"])
     with dataset.test_access():
-        return test_metrics(trainer, dataset, ks)
+        return test_metrics(trainer, dataset, ks), device_name(device)
 
 
 def torch_load(model: bytes, device: str = "cpu") -> dict[str, Any]:
@@ -223,8 +224,11 @@ def test_metrics(trainer: Trainer, dataset: DMLDataset, ks: list[int]) -> dict[s
 
 
 def ledger_entry(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds: Sequence[ClassSplit], tc: TrainConfig,
-                 metrics: dict[str, float], rank: int, trial: pd.Series, device: str) -> dict[str, Any]:
-    """One test evaluation with what reproduces it: config, seed, data, splits, versions, code, selection."""
+                 metrics: dict[str, float], rank: int, trial: pd.Series, devices: dict[str, str]) -> dict[str, Any]:
+    """One test evaluation with what reproduces it: config, seed, data, splits, versions, code, selection.
+
+    `devices`: where the model was retrained ("device") and where it was tested ("test_device").
+    """
     config = tc.to_dict()
     return {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "study": str(run_dir.resolve()),
@@ -234,7 +238,7 @@ def ledger_entry(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds:
                       SELECTION_METRIC: float(trial[f"best_{SELECTION_METRIC}"]),
                       "best_epoch": int(trial["best_epoch"]), "final_epochs": cfg["final_epochs"]},
         "dataset": dataset.fingerprint(), "split": splits_record(folds, dataset.test_classes),
-        "versions": versions(), "code": code_revision(), "device": device,
+        "versions": versions(), "code": code_revision(), **devices,
         "command": cfg["argv"], "metrics": metrics,
     }
 

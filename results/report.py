@@ -373,7 +373,9 @@ def _validation_sentence(cmd: dict[str, Any], split: dict[str, Any]) -> tuple[st
 
 
 def protocol_paragraph(run: Run) -> str:
-    cmd, split, data = run.cmd, run.config["split"], run.config["dataset"]
+    cmd, split = run.cmd, run.config["split"]
+    # The data as tested: the ledger's fingerprint, which differs from config.json's if a test image was repaired.
+    data = run.entries[0]["dataset"] if run.entries else run.config["dataset"]
     validation, train = _validation_sentence(cmd, split)
     test = split["test"]
     rule = ("each config's best validation epoch (<code>--final-epochs auto</code>)" if cmd["final_epochs"] == AUTO

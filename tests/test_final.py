@@ -58,6 +58,9 @@ def test_retrain_records_every_seed_with_what_reproduces_it(blobs, tmp_path) -> 
                                   "best_epoch": 1, "final_epochs": "auto"}
         assert 0 <= e["metrics"]["recall@1"] <= 1
     assert entries[0]["config_hash"] != entries[1]["config_hash"]  # the seed is part of the config
+    assert all(e["device"] == e["test_device"] == final.device_name("cpu") for e in entries)
+    kept = final.torch_load((tmp_path / final.FINAL_DIR / "config1-seed0.pt").read_bytes())["trainer"]
+    assert "optimizer" not in kept and kept["epoch"] == 1  # a finished model: evaluation needs no AdamW state
     assert not blobs._test_unlocked  # the test half is closed again after the test stage
 
 

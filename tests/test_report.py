@@ -46,6 +46,9 @@ def kinds(complete: int, pruned: int, failed: int = 0) -> list[tuple[str, int]]:
             + [("failed", 0)] * failed)
 
 
+# The data as the ledger recorded it at the test stage: a test image was repaired after config.json was written.
+TESTED_DATA = {"name": "glyphs", "items": 9120, "sha256_16": "fedcba9876543210", "train_classes": 114,
+               "test_classes": 114}
 STUDY_STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL,
                 "diverged": TrialState.PRUNED, "running": TrialState.RUNNING, "waiting": TrialState.WAITING,
                 "rerun": TrialState.FAIL}
@@ -100,7 +103,7 @@ def write_run(out, trials: list[tuple[str, int]], tested: bool = True, trials_fl
                        "map@r": r1 / 3, "r_precision": r1 / 2}
             entries.append({"time": "2026-01-01T01:00:00+00:00", "seed": seed, "config_hash": f"h{rank}{seed}",
                             "epochs": int(trial["best_epoch"]), "params": params, "metrics": metrics,
-                            "device": "cpu (2 cores)",
+                            "device": "cpu (2 cores)", "test_device": "cpu (2 cores)", "dataset": TESTED_DATA,
                             "selection": {"rank": rank, "trial": int(trial["number"]),
                                           SELECTION_METRIC: float(trial[f"best_{SELECTION_METRIC}"])}})
             rows.append({"config_rank": rank, "trial_number": int(trial["number"]), "seed": seed,
@@ -271,3 +274,10 @@ def test_final_table_shows_every_test_metric_and_escapes_parameter_names(run_dir
     table = report.final_table(dataclasses.replace(run, entries=entries, tested=final.ledger_frame(entries)))
     assert "<th>test MAP@R</th>" in table and "<th>test R-Precision</th>" in table
     assert "w&lt;b&gt;=0.5" in table and "w<b>" not in table
+
+
+def test_the_protocol_names_the_data_as_tested(run_dir, tmp_path) -> None:
+    assert TESTED_DATA["sha256_16"] in report.protocol_paragraph(report.load(run_dir))
+    untested = tmp_path / "run"
+    write_run(untested, kinds(3, 3), tested=False)
+    assert "0123456789abcdef" in report.protocol_paragraph(report.load(untested))  # config.json's, before any test

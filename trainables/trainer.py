@@ -213,9 +213,11 @@ class Trainer:
         return retrieval_metrics(q_emb, q_lab, ks, gallery_embeddings=g_emb, gallery_labels=g_lab,
                                  device=self.device)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "loss": self.loss.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "config": self.cfg.to_dict()}
+    def state_dict(self, optimizer: bool = True) -> dict[str, Any]:
+        """Everything to resume training; optimizer=False keeps what evaluation needs (AdamW's state: 2x the model)."""
+        state = {"model": self.model.state_dict(), "loss": self.loss.state_dict(), "epoch": self.epoch,
+                 "config": self.cfg.to_dict()}
+        return state | {"optimizer": self.optimizer.state_dict()} if optimizer else state
 
     def save(self, path: str | Path) -> None:
         torch.save(self.state_dict(), path)
@@ -234,5 +236,6 @@ class Trainer:
                              f"not this trainer's {self.cfg.to_dict()}; start a new run directory.")
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:  # absent from a finished model's state_dict(optimizer=False)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
