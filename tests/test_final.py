@@ -43,10 +43,10 @@ def test_top_k_default_is_one_on_glyphs_three_on_real_data_and_never_above_the_t
 def test_retrain_records_every_seed_with_what_reproduces_it(blobs, tmp_path) -> None:
     cfg = final_cfg(tmp_path, "--seeds", "2")
     split = fixed_split(blobs.train_classes, 0.3, seed=0)
-    final = retrain_and_test(tmp_path, cfg, blobs, [split], selected(best_epoch=1), echo=lambda _: None)
+    done = retrain_and_test(tmp_path, cfg, blobs, [split], selected(best_epoch=1), echo=lambda _: None)
     entries = ledger.read(tmp_path / ledger.LEDGER_NAME)
-    assert len(final) == len(entries) == 2
-    assert final["epochs"].tolist() == [1, 1]  # auto: the trial's best validation epoch
+    assert len(done) == len(entries) == 2
+    assert done["epochs"].tolist() == [1, 1]  # auto: the trial's best validation epoch
     assert [e["seed"] for e in entries] == [0, 1]
     for e in entries:
         assert e["config"]["epochs"] == 1 and e["config"]["loss_params"] == {"margin": 0.1, "alpha": 32.0}
