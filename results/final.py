@@ -49,7 +49,8 @@ def final_epochs(trial: pd.Series, setting: int | str) -> int:
     `auto` takes the 1-based epoch at which the trial's validation curve peaked (its earliest peak)
     and retrains that many passes over all training classes: the early-stopping point chosen on
     validation classes, never on the test set. Same passes, not same steps: the retrain set is
-    larger (fit + validation classes), and per-epoch schedules (warm-up, StepLR) keep their meaning.
+    larger (fit + validation classes), and per-epoch schedules keep their meaning: warm-up and StepLR
+    as they are, cosine by keeping the trial's horizon (retrain_and_test sets schedule_epochs).
     A curve still rising at the budget's end gives the full budget; nothing extrapolates beyond it.
     """
     if setting == AUTO:
@@ -76,8 +77,10 @@ def retrain_and_test(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, fo
     for rank, (_, trial) in enumerate(selected.iterrows(), start=1):
         params = {c.removeprefix("param_"): trial[c] for c in tables.param_columns(selected) if pd.notna(trial[c])}
         for seed in range(cfg["seed"], cfg["seed"] + cfg["seeds"]):
+            stop_early = cfg["final_epochs"] == AUTO and cfg["lr_schedule"] == "cosine"  # on the trial's curve
             picks.append((rank, trial, TrainConfig.from_params(cfg["loss"], params, **fixed_fields(cfg) | {
-                "epochs": final_epochs(trial, cfg["final_epochs"]), "seed": seed})))
+                "epochs": final_epochs(trial, cfg["final_epochs"]), "seed": seed,
+                **({"schedule_epochs": cfg["max_epochs"]} if stop_early else {})})))
     run = job_runner(cfg)
     models = retrained(run_dir / FINAL_DIR, picks, classes, dataset, run, echo)
 

@@ -34,6 +34,17 @@ def test_auto_final_epochs_is_the_best_validation_epoch_and_a_number_is_kept() -
     assert final_epochs(trial, 7) == 7
 
 
+def test_an_auto_cosine_retrain_keeps_the_trials_horizon_and_a_fixed_one_its_own(blobs, tmp_path) -> None:
+    split = fixed_split(blobs.train_classes, 0.3, seed=0)
+    for name, flags, horizon in [("auto", [], 10), ("fixed", ["--final-epochs", "2"], None)]:
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        cfg = final_cfg(run_dir, "--lr-schedule", "cosine", "--max-epochs", "10", *flags)
+        retrain_and_test(run_dir, cfg, blobs, [split], selected(best_epoch=1), echo=lambda _: None)
+        (entry,) = ledger.read(run_dir / ledger.LEDGER_NAME)
+        assert entry["config"]["schedule_epochs"] == horizon
+
+
 def test_top_k_default_is_one_on_glyphs_three_on_real_data_and_never_above_the_trials() -> None:
     assert default_top_k("glyphs", 8) == 1
     assert default_top_k("cub", 8) == 3

@@ -236,3 +236,12 @@ def test_image_files_train_through_persistent_workers(tmp_path) -> None:
     assert trainer.loader is loader and trainer.epoch == 2
     embeddings, labels = trainer.embed(ds.subset(ds.train_classes))
     assert embeddings.shape == (8, 8) and sorted(set(labels.tolist())) == [1, 2]
+
+
+def test_a_cosine_retrain_stopped_at_the_best_epoch_follows_the_trials_lr() -> None:
+    trial = _cfg(lr_schedule="cosine", epochs=10)
+    retrain = _cfg(lr_schedule="cosine", epochs=4, schedule_epochs=10)
+    assert [lr_factor(retrain, e) for e in range(4)] == [lr_factor(trial, e) for e in range(4)]
+    assert lr_factor(_cfg(lr_schedule="cosine", epochs=4), 3) < lr_factor(retrain, 3)  # a 4-epoch cosine anneals sooner
+    with pytest.raises(ValueError, match="schedule_epochs"):
+        _cfg(lr_schedule="cosine", epochs=4, schedule_epochs=3)

@@ -31,6 +31,9 @@ class TrainConfig:
     # Proxy-Anchor's train.py clips every gradient element (clip_grad_value_) of the model and the proxies at 10.
     grad_clip: float = 10.0  # clip each gradient element to [-grad_clip, grad_clip], 0 disables
     lr_schedule: str = "none"  # per-epoch lr: "step" (StepLR, the Proxy-Anchor recipe), "cosine" (to 0 at `epochs`)
+    # "cosine": anneal to 0 at this epoch instead of `epochs`. A retrain stopped at a trial's best epoch
+    # (--final-epochs auto) keeps the trial's horizon, so it follows the lr the trial had up to there.
+    schedule_epochs: int | None = None
     lr_step: int = 10  # "step": multiply the lr by lr_gamma every lr_step epochs (Proxy-Anchor: 5-20)
     lr_gamma: float = 0.5  # "step": the factor (Proxy-Anchor: 0.5 on CUB/Cars, 0.25 on SOP/In-Shop)
     warmup_epochs: int = 0  # first epochs train only the embedding layer and the loss's parameters
@@ -48,6 +51,7 @@ class TrainConfig:
             "m_per_class": self.m_per_class is None or 0 <= self.m_per_class <= self.batch_size,
             "lr_step": self.lr_step >= 1, "lr_gamma": 0 < self.lr_gamma <= 1,
             "warmup_epochs": self.warmup_epochs >= 0, "num_workers": self.num_workers >= 0,
+            "schedule_epochs": self.schedule_epochs is None or self.schedule_epochs >= self.epochs,
         }
         for name, ok in checks.items():
             if not ok:

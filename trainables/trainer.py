@@ -50,7 +50,7 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
     if cfg.lr_schedule == "step":
         return cfg.lr_gamma ** (epoch // cfg.lr_step)
     if cfg.lr_schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        return 0.5 * (1 + math.cos(math.pi * epoch / (cfg.schedule_epochs or cfg.epochs)))
     return 1.0
 
 
