@@ -74,10 +74,10 @@ def retrain_and_test(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, fo
         raise already_tested(ledger_path, recorded)
     classes = np.concatenate([folds[0].fit, folds[0].val])  # every fold covers all the training classes
     picks = []
+    stop_early = cfg["final_epochs"] == AUTO and cfg["lr_schedule"] == "cosine"  # on the trial's cosine
     for rank, (_, trial) in enumerate(selected.iterrows(), start=1):
         params = {c.removeprefix("param_"): trial[c] for c in tables.param_columns(selected) if pd.notna(trial[c])}
         for seed in range(cfg["seed"], cfg["seed"] + cfg["seeds"]):
-            stop_early = cfg["final_epochs"] == AUTO and cfg["lr_schedule"] == "cosine"  # on the trial's curve
             picks.append((rank, trial, TrainConfig.from_params(cfg["loss"], params, **fixed_fields(cfg) | {
                 "epochs": final_epochs(trial, cfg["final_epochs"]), "seed": seed,
                 **({"schedule_epochs": cfg["max_epochs"]} if stop_early else {})})))
