@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 from results import ledger, tables  # noqa: E402
 from results.final import AUTO, ledger_frame, param_text, pm_text, recall_ks  # noqa: E402
 from spaces import OptimiserDefaults, default_config  # noqa: E402
-from trainables.config import DIVERGED, SELECTION_METRIC  # noqa: E402
+from trainables.config import DIVERGED, SELECTION_METRIC, STUDY_FILE  # noqa: E402
 
 REPORT_NAME = "report.html"
 # fANOVA on fewer full-budget trials than this is noise (a forest fitted to a handful of points).
@@ -80,7 +80,7 @@ class ReportError(RuntimeError):
 
 def load(run_dir: Path) -> Run:
     config_path = run_dir / "config.json"
-    if not config_path.exists() or not (run_dir / "study.db").exists():
+    if not config_path.exists() or not (run_dir / STUDY_FILE).exists():
         raise ReportError(f"{run_dir} is not a dmltune run directory (config.json and study.db expected); "
                           "give the --out of a run.")
     config = json.loads(config_path.read_text())

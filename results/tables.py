@@ -11,7 +11,8 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from trainables.config import DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, SELECTION_METRIC
+from trainables.config import (DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, SELECTION_METRIC, STUDY_NAME,
+                               study_url)
 
 STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
           optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",
@@ -19,7 +20,7 @@ STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.
 
 
 def load_study(run_dir: Path) -> optuna.Study:
-    return optuna.load_study(study_name="dmltune", storage=f"sqlite:///{(run_dir / 'study.db').resolve()}")
+    return optuna.load_study(study_name=STUDY_NAME, storage=study_url(run_dir))
 
 
 def trials_frame(study: optuna.Study, max_epochs: int) -> pd.DataFrame:

@@ -5,6 +5,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Keys of a search-space point that configure the optimiser; every other key is the loss's.
@@ -93,6 +94,15 @@ def learned_fields(config: Mapping[str, Any]) -> dict[str, Any]:
 def config_hash(payload: Mapping[str, Any]) -> str:
     """A short stable hash of a config (sorted JSON), used to name and match results."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+# The run's Optuna study: its name and its sqlite file in the run directory (optuna-dashboard opens it).
+STUDY_NAME = "dmltune"
+STUDY_FILE = "study.db"
+
+
+def study_url(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / STUDY_FILE).resolve()}"
+
 
 # The one selection metric and its direction: searcher, scheduler, selection and report share it.
 SELECTION_METRIC = "val_recall@1"

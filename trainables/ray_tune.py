@@ -39,7 +39,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.config import (DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, SELECTION_METRIC,
-                                SELECTION_MODE, TrainConfig)
+                                SELECTION_MODE, STUDY_NAME, TrainConfig, study_url)
 from trainables.data import build_dataset
 from trainables.data.base import DMLDataset
 from trainables.data.splits import ClassSplit
@@ -48,7 +48,6 @@ from trainables.trainer import DivergedError, Trainer
 
 logger = logging.getLogger(__name__)
 
-STUDY_NAME = "dmltune"
 # The progress attribute ASHA and Optuna count in: the trainer's epoch. A trial continued from a
 # checkpoint in a new Ray trial keeps its epoch, while Ray's training_iteration starts again at 1.
 EPOCH = "epoch"
@@ -335,7 +334,7 @@ def _trial_dirname(trial: Trial) -> str:
 
 
 def study_storage(run_dir: Path) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(f"sqlite:///{(run_dir / 'study.db').resolve()}")
+    return optuna.storages.RDBStorage(study_url(run_dir))
 
 
 def settle_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[FrozenTrial], list[FrozenTrial],
