@@ -125,12 +125,12 @@ def retrained(final_dir: Path, picks: list[tuple[int, pd.Series, TrainConfig]], 
     models = {i: found for i, (path, (_, _, tc)) in enumerate(zip(paths, picks)) if (found := kept(path, tc))}
     todo = [i for i in range(len(picks)) if i not in models]
     final_dir.mkdir(exist_ok=True)
-    for j, model in run(retrain, dataset, [(classes, picks[i][2]) for i in todo]):
+    for j, (model, meta) in run(retrain, dataset, [(classes, picks[i][2]) for i in todo]):
         i = todo[j]  # written as each finishes: a retrain that fails later does not take it along
         partial = paths[i].with_suffix(".tmp")
         partial.write_bytes(model)
         partial.replace(paths[i])  # whole or absent, even if the driver is stopped mid-write
-        models[i] = model, _meta(torch_load(model))
+        models[i] = model, meta
     for i, (rank, trial, tc) in enumerate(picks):
         meta = models[i][1]
         how = f"kept {paths[i]}" if i not in todo else \
@@ -156,8 +156,9 @@ def _meta(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in checkpoint.items() if k != "trainer"}
 
 
-def retrain(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig], device: str) -> bytes:
-    """Train one config on `classes`; returns the checkpoint as bytes, loadable on any device."""
+def retrain(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig], device: str) -> tuple[bytes, dict[str, Any]]:
+    """Train one config on `classes`; returns the checkpoint as bytes (loadable on any device) and, apart,
+    its record of where and how long it trained, so the driver need not unpickle the model to read it."""
     import torch
 
     classes, tc = job
@@ -165,10 +166,10 @@ def retrain(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig], device: st
     trainer = Trainer(tc, dataset.subset(classes, train=True), device=device)
     while trainer.epoch < tc.epochs:
         trainer.train_epoch()
+    meta = {"train_seconds": time.perf_counter() - start, "device": device_name(device)}
     buffer = io.BytesIO()
-    torch.save({"trainer": trainer.state_dict(optimizer=False), "train_seconds": time.perf_counter() - start,
-                "device": device_name(device)}, buffer)
-    return buffer.getvalue()
+    torch.save({"trainer": trainer.state_dict(optimizer=False), **meta}, buffer)
+    return buffer.getvalue(), meta
 
 
 def evaluate_test(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig, bytes, list[int]],
