@@ -108,25 +108,31 @@ def test_trials_spread_over_both_nodes_and_half_gpu_trials_share_a_gpu(two_gpu_n
         assert frozenset((first, second)) in concurrency.together
 
 
-def probe(dataset: list[int], item: int, device: str) -> dict[str, Any]:
-    """A final-stage job that reports where it ran and when."""
-    started = time.monotonic()
-    time.sleep(1.0)
+def probe(shared: dict[str, Any], item: int, device: str) -> dict[str, Any]:
+    """A final-stage job that reports where it ran, and whether all four jobs were running at once.
+
+    Each job leaves a mark in a shared directory (the nodes are on this machine) and waits, up to a
+    minute, for the others' marks: jobs run one after another would never see all four.
+    """
+    marks = Path(shared["dir"])
+    (marks / str(item)).touch()
+    deadline = time.monotonic() + 60
+    while len(list(marks.iterdir())) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     return {"item": item, "device": device, "gpu_ids": ray.get_runtime_context().get_accelerator_ids()["GPU"],
-            "threads": torch.get_num_threads(), "pid": os.getpid(), "data": sum(dataset),
-            "span": (started, time.monotonic())}
+            "threads": torch.get_num_threads(), "pid": os.getpid(), "data": sum(shared["data"]),
+            "together": len(list(marks.iterdir())) == 4}
 
 
-def test_final_stage_jobs_are_ray_tasks_with_a_trials_resources_side_by_side(two_gpu_nodes) -> None:
+def test_final_stage_jobs_are_ray_tasks_with_a_trials_resources_side_by_side(two_gpu_nodes, tmp_path) -> None:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
-    by_index = dict(run_tasks(probe, [1, 2, 3], list(range(4)), cpus=1, gpus=0.5, address=None))
+    shared = {"data": [1, 2, 3], "dir": str(tmp_path)}
+    by_index = dict(run_tasks(probe, shared, list(range(4)), cpus=1, gpus=0.5, address=None))
     assert all(by_index[i]["item"] == i for i in range(4)) and {d["data"] for d in by_index.values()} == {6}
-    done = list(by_index.values())
-    for d in done:
+    for d in by_index.values():
         assert d["pid"] != os.getpid() and d["threads"] == 1
         assert len(d["gpu_ids"]) == 1 and d["device"] == "cpu"  # pretend GPUs: torch sees none
-    # Four half-GPU jobs on two GPUs: all at once, not one after another.
-    assert max(d["span"][0] for d in done) < min(d["span"][1] for d in done)
+        assert d["together"]  # four half-GPU jobs on two GPUs: all at once, not one after another
 
 
 def refuse_two(dataset: list[int], item: int, device: str) -> int:
