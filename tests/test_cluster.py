@@ -5,6 +5,7 @@ import copy
 import logging
 import os
 import re
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -161,3 +162,16 @@ def test_retrain_and_test_on_gpu_tasks_give_the_drivers_results(two_gpu_nodes, b
         assert len(ledger.read(run_dir / ledger.LEDGER_NAME)) == 2 and len(lines) == 2
         results[gpus] = final.filter(like="test_").to_numpy()
     np.testing.assert_array_equal(results["0"], results["0.5"])
+
+
+def test_a_local_ray_starts_no_idle_workers_that_no_trial_can_use() -> None:
+    """Tune's trial actors carry a runtime env, so Ray's prestarted idle workers only cost start-up CPU."""
+    probe = ("import os, subprocess, time; from trainables.ray_cluster import init_ray; init_ray(None, num_cpus=2); "
+             "time.sleep(2); print(subprocess.run(['ps', '-o', 'args=', '-s', str(os.getsid(0))], "
+             "capture_output=True, text=True).stdout.split('\\n').count('ray::IDLE'))")
+    # A new local Ray (RAY_ADDRESS=local), not the cluster this module's fixture may have running.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_prestart_worker_first_driver"} | {"RAY_ADDRESS": "local"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                          start_new_session=True)  # its own session: ps sees only its Ray
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "0"

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +21,7 @@ from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning import regularizers as pml_regularizers
 
 from spaces import SPACES
-from trainables.losses import LOSSES, MinedLoss, ProxyInitMixin, build_loss
+from trainables.losses import LOSSES, MinedLoss, ProxyInitMixin, build_loss, loss_factory
 from trainables.losses.multi_similarity import MultiSimilarity
 from trainables.losses.softtriple import SoftTriple
 
@@ -401,7 +404,7 @@ def test_every_loss_builds_from_its_spaces_defaults_and_trains(name: str) -> Non
     module, has_proxies = SPACES[name]
     loss = build_loss(name, C, D, module.DEFAULTS)
     assert bool(list(loss.parameters())) == has_proxies
-    keywords = {p.name for p in inspect.signature(LOSSES[name]).parameters.values() if p.kind == p.KEYWORD_ONLY}
+    keywords = {p.name for p in inspect.signature(loss_factory(name)).parameters.values() if p.kind == p.KEYWORD_ONLY}
     assert set(module.DEFAULTS) <= keywords
     x, y = _batch(17)
     _value_and_grads(loss, x.float(), y)
@@ -440,3 +443,15 @@ def test_out_of_range_hyperparameters_are_refused_with_their_value(name: str, pa
 def test_labels_outside_the_classes_are_refused() -> None:
     with pytest.raises(ValueError, match=r"\[0, 7\)"):
         build_loss("pd", C, D, {})(torch.randn(2, D), torch.tensor([0, 7]))
+
+
+def test_pml_is_imported_only_for_the_losses_built_on_it() -> None:
+    """Trial workers import the trainer; PML (with scipy.stats, ~1 s) must wait for a loss that uses it."""
+    probe = ("import sys; from trainables.losses import build_loss; import trainables.ray_tune, search; "
+             "before = 'pytorch_metric_learning' in sys.modules; build_loss('softtriple', 7, 8, {'margin': 0.01, 'scale': 20.0, 'gamma': 0.1, 'tau': 0.2}); "
+             "middle = 'pytorch_metric_learning' in sys.modules; "
+             "build_loss('proxy_anchor', 7, 8, {'margin': 0.1, 'alpha': 32.0}); "
+             "print(before, middle, 'pytorch_metric_learning' in sys.modules)")
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False", "True"]

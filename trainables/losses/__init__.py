@@ -21,39 +21,43 @@ their `needs_proxy_init` is then True until the trainer calls
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 
 from torch import nn
 
 from trainables.losses.base import PROXY_INITS, MinedLoss, ProxyInitMixin
-from trainables.losses.multi_similarity import MultiSimilarity, multi_similarity
-from trainables.losses.pairs import contrastive, triplet
-from trainables.losses.pd import PDLoss, pd
-from trainables.losses.proxy_anchor import ProxyAnchor, proxy_anchor
-from trainables.losses.proxy_nca import ProxyNCA, proxy_nca
-from trainables.losses.softtriple import SoftTriple, softtriple
 
-__all__ = ["LOSSES", "PROXY_INITS", "LossFactory", "MinedLoss", "MultiSimilarity", "PDLoss", "ProxyAnchor",
-           "ProxyInitMixin", "ProxyNCA", "SoftTriple", "build_loss"]
+__all__ = ["LOSSES", "PROXY_INITS", "LossFactory", "MinedLoss", "ProxyInitMixin", "build_loss", "loss_factory"]
 
 LossFactory = Callable[..., nn.Module]
 
-LOSSES: dict[str, LossFactory] = {
-    "proxy_anchor": proxy_anchor,
-    "proxy_nca": proxy_nca,
-    "softtriple": softtriple,
-    "ms": multi_similarity,
-    "contrastive": contrastive,
-    "triplet": triplet,
-    "pd": pd,
+# name -> "module.factory" in this package. A loss's module is imported when the loss is first
+# built: importing PML (for proxy_anchor, contrastive, triplet) imports scipy.stats, about 1 s of
+# CPU that every trial worker and the driver would otherwise pay for the other losses too.
+LOSSES: dict[str, str] = {
+    "proxy_anchor": "proxy_anchor.proxy_anchor",
+    "proxy_nca": "proxy_nca.proxy_nca",
+    "softtriple": "softtriple.softtriple",
+    "ms": "multi_similarity.multi_similarity",
+    "contrastive": "pairs.contrastive",
+    "triplet": "pairs.triplet",
+    "pd": "pd.pd",
 }
+
+
+def loss_factory(name: str) -> LossFactory:
+    """The factory of the named loss, its module imported now."""
+    if name not in LOSSES:
+        raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(LOSSES)}.")
+    module, factory = LOSSES[name].rsplit(".", 1)
+    return getattr(importlib.import_module(f"{__name__}.{module}"), factory)
 
 
 def build_loss(name: str, num_classes: int, embedding_size: int, params: Mapping[str, float | str]) -> nn.Module:
     """The named loss with these hyperparameters; unknown names or keys are errors, not ignored."""
-    if name not in LOSSES:
-        raise ValueError(f"Unknown loss {name!r}; choose one of {sorted(LOSSES)}.")
+    factory = loss_factory(name)
     try:
-        return LOSSES[name](num_classes, embedding_size, **params)
+        return factory(num_classes, embedding_size, **params)
     except TypeError as err:
         raise ValueError(f"Loss {name!r} got hyperparameters {sorted(params)} that do not fit it: {err}") from err
