@@ -16,6 +16,9 @@ were not trial compute into where they went, from the driver's view of each tria
   gaps        slots idle between one trial's end and the next one's start while trials remained;
   tail        slots idle after the last trial started: the budget is spent, the promoted
               trials finish alone (ASHA's shape, not Ray's cost).
+"start-up s/slot" is (ramp-up + set-up) in seconds per slot: what a slot pays before its first
+epoch. It stays put from run to run, while the percentages move with each search's length (a
+parallel search takes a different path every run).
 
 Each variant runs in its own process with its own Ray, so one cannot warm up the next. Variants
 change only knobs Ray reads from the environment, on top of what run_search ships:
@@ -151,7 +154,7 @@ def main() -> None:
     print(f"glyphs, {args.loss}, {args.trials} trials, ASHA max_t {args.max_epochs} (grace 1, reduction 3), "
           f"{args.cpus} slots of 1 CPU; load average {load:.1f} on {os.cpu_count()} cores at the start")
     header = ["variant", "wall s", "compute s", "overhead", "in trials", "(of which set-up)", "ramp-up", "gaps", "tail",
-              "ray.init s"]
+              "start-up s/slot", "ray.init s"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name in args.variants:
         argv = [sys.executable, __file__, "--child", "--trials", str(args.trials), "--max-epochs",
@@ -162,7 +165,9 @@ def main() -> None:
             sys.exit(f"variant {name} failed:\n{done.stderr[-3000:]}")
         r = json.loads(done.stdout.strip().splitlines()[-1])
         pct = [f"{100 * r[k]:.1f} %" for k in ("overhead", "in trials", "set-up", "ramp-up", "gaps", "tail")]
-        print(f"| {name} | {r['wall']:.1f} | {r['compute']:.1f} | " + " | ".join(pct) + f" | {r['ray_init']:.1f} |")
+        start_up = (r["ramp-up"] + r["set-up"]) * r["wall"]  # seconds per slot before its first epoch
+        print(f"| {name} | {r['wall']:.1f} | {r['compute']:.1f} | " + " | ".join(pct)
+              + f" | {start_up:.1f} | {r['ray_init']:.1f} |")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
