@@ -177,7 +177,7 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local single-user Ray: no token file
         # Ray prestarts one idle worker per CPU for the first driver, but no trial lands on one:
         # Tune gives its trainables a runtime env, which only new workers match. Starting them
-        # costs ~1 s of a 2-core machine's ray.init and is killed unused.
+        # costs 0.7-1 s of a 2-core machine's ray.init, and they are killed unused.
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     context = ray.init(**ray_init_kwargs(address, num_cpus, dashboard))
     if dashboard and context.dashboard_url:
