@@ -447,11 +447,10 @@ def test_labels_outside_the_classes_are_refused() -> None:
 
 def test_pml_is_imported_only_for_the_losses_built_on_it() -> None:
     """Trial workers import the trainer; PML (with scipy.stats, ~1 s) must wait for a loss that uses it."""
-    probe = ("import sys; from trainables.losses import build_loss; import trainables.ray_tune, search; "
-             "before = 'pytorch_metric_learning' in sys.modules; build_loss('softtriple', 7, 8, {'margin': 0.01, 'scale': 20.0, 'gamma': 0.1, 'tau': 0.2}); "
-             "middle = 'pytorch_metric_learning' in sys.modules; "
-             "build_loss('proxy_anchor', 7, 8, {'margin': 0.1, 'alpha': 32.0}); "
-             "print(before, middle, 'pytorch_metric_learning' in sys.modules)")
+    probe = ("import sys; import search, trainables.ray_tune; from spaces import SPACES; "
+             "from trainables.losses import build_loss; loaded = lambda: 'pytorch_metric_learning' in sys.modules; "
+             "before = loaded(); build_loss('softtriple', 7, 8, SPACES['softtriple'][0].DEFAULTS); middle = loaded(); "
+             "build_loss('proxy_anchor', 7, 8, SPACES['proxy_anchor'][0].DEFAULTS); print(before, middle, loaded())")
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False", "True"]
