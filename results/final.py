@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from results import ledger, tables
 from results.provenance import code_revision, versions
@@ -159,8 +160,6 @@ def _meta(checkpoint: dict[str, Any]) -> dict[str, Any]:
 def retrain(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig], device: str) -> tuple[bytes, dict[str, Any]]:
     """Train one config on `classes`; returns the checkpoint as bytes (loadable on any device) and, apart,
     its record of where and how long it trained, so the driver need not unpickle the model to read it."""
-    import torch
-
     classes, tc = job
     start = time.perf_counter()
     trainer = Trainer(tc, dataset.subset(classes, train=True), device=device)
@@ -183,8 +182,6 @@ def evaluate_test(dataset: DMLDataset, job: tuple[np.ndarray, TrainConfig, bytes
 
 
 def torch_load(model: bytes, device: str = "cpu") -> dict[str, Any]:
-    import torch
-
     return torch.load(io.BytesIO(model), map_location=device, weights_only=True)
 
 
@@ -209,8 +206,6 @@ def job_runner(cfg: dict[str, Any]) -> Runner:
 
 def run_here(job: Callable[..., Any], dataset: DMLDataset, items: list[Any]) -> Iterator[tuple[int, Any]]:
     """The jobs one after another in this process, each result handed on as soon as it exists."""
-    import torch
-
     torch.set_num_threads(os.cpu_count() or 1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return ((i, job(dataset, item, device)) for i, item in enumerate(items))
@@ -248,8 +243,6 @@ def ledger_entry(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds:
 
 
 def device_name(device: str) -> str:
-    import torch
-
     return torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
 
 

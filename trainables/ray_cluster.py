@@ -1,7 +1,7 @@
 """The Ray cluster itself: join or start it, check what a command asks of it, and place work on it.
 
 Pre-flight checks refuse, before any work, an address nothing answers at, storage that cannot be
-written or a dashboard that cannot start. `trial_device` and `trial_slots` say what a trial gets;
+written or a dashboard that cannot start. `assigned_device` and `trial_slots` say what a trial gets;
 `run_tasks` sends the final stage's retrains and test evaluations where the trials went. The
 search itself (Tune, Optuna, ASHA) is trainables/ray_tune.py.
 """
@@ -38,6 +38,12 @@ def trial_device(gpu_ids: Sequence[str], cuda_available: bool) -> str:
                        "build, or GPUs a test only pretends); training on the CPU.", ",".join(gpu_ids))
         return "cpu"
     return "cuda"
+
+
+def assigned_device() -> tuple[list[str], str]:
+    """(the GPU ids Ray gave the calling task or trial, the torch device it should use: `trial_device`)."""
+    gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    return gpu_ids, trial_device(gpu_ids, torch.cuda.is_available())
 
 
 def is_uri(path: str) -> bool:
@@ -85,8 +91,8 @@ def _as_completed(refs: dict[ray.ObjectRef, int]) -> Iterator[tuple[int, Any]]:
 
 def _on_worker(job: Callable[..., Any], dataset: DMLDataset, item: Any, threads: int) -> Any:
     torch.set_num_threads(threads)
-    gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-    return job(dataset, item, trial_device(gpu_ids, torch.cuda.is_available()))
+    _, device = assigned_device()
+    return job(dataset, item, device)
 
 
 def check_address(address: str, timeout_s: float = 3.0) -> None:

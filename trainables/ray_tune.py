@@ -43,7 +43,7 @@ from trainables.config import (DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_
 from trainables.data import build_dataset
 from trainables.data.base import DMLDataset
 from trainables.data.splits import ClassSplit
-from trainables.ray_cluster import init_ray, is_uri, trial_device, trial_slots
+from trainables.ray_cluster import assigned_device, init_ray, is_uri, trial_slots
 from trainables.trainer import DivergedError, Trainer
 
 logger = logging.getLogger(__name__)
@@ -91,10 +91,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     resume = config.get(RESUME_KEY, {})
     params = {k: v for k, v in config.items() if k != RESUME_KEY}
     torch.set_num_threads(setup.threads)
-    context = ray.get_runtime_context()
-    gpu_ids = context.get_accelerator_ids().get("GPU", [])
-    device = trial_device(gpu_ids, torch.cuda.is_available())
-    placement = {"node_id": context.get_node_id(), "gpu_ids": gpu_ids, "device": device}
+    gpu_ids, device = assigned_device()
+    placement = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": gpu_ids, "device": device}
     dataset = worker_dataset(setup.dataset, setup.data_root, setup.image_size)
     cfg = TrainConfig.from_params(setup.loss, params, **setup.fixed)
     trainers = [Trainer(cfg, dataset.subset(fold.fit, train=True), device=device) for fold in setup.folds]
