@@ -154,8 +154,12 @@ def test_an_interrupted_trial_whose_checkpoint_is_gone_runs_again_as_a_new_trial
     closed = study.trials[lost.number]
     assert closed.state == TrialState.FAIL and RERUN_ATTR in closed.user_attrs
     # The closed trial does not use up the budget: a later driver still owes 3 trials beyond the finished one.
-    again, _, _ = settle_earlier_drivers(study, trials=4)
-    assert [t.number for t in again] == [0]
+    again, _, rerun_again = settle_earlier_drivers(study, trials=4)
+    assert [t.number for t in again] == [0] and rerun_again == []
+    # The config is queued in study.db before any Ray starts, once, however many drivers come and go:
+    # the next trial the study hands out (here to a later driver) is the lost one's config.
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+    assert study.ask({"lr": lr}).params == closed.params
 
 
 def _snapshot(run_dir: Path) -> dict[int, optuna.trial.FrozenTrial]:

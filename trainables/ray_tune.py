@@ -342,7 +342,9 @@ def settle_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[Froze
     Finished trials count against the budget. Interrupted (RUNNING) trials continue under their own
     numbers, from their last checkpoint or, if they reported nothing yet, from epoch 1. One that
     reported epochs but whose checkpoint is gone is closed as FAIL (RERUN_ATTR) and its config is
-    returned to run again as a new trial. Interrupted trials beyond the budget (--trials lowered) fail.
+    queued in the study at once (a WAITING trial, the next one Optuna hands out), so a driver that
+    dies before the rerun starts leaves it queued for the next; the configs are returned too.
+    Interrupted trials beyond the budget (--trials lowered) fail.
     """
     past = study.get_trials(deepcopy=False)
     finished = [t for t in past if t.state.is_finished() and RERUN_ATTR not in t.user_attrs]
@@ -355,6 +357,7 @@ def settle_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[Froze
         if t.intermediate_values and last_checkpoint(t) is None:
             optuna.Trial(study, t._trial_id).set_user_attr(RERUN_ATTR, "its checkpoint was gone on resume")
             study.tell(t.number, state=TrialState.FAIL)
+            study.enqueue_trial(t.params)
             rerun.append(t.params)
         else:
             resumed.append(t)
@@ -396,7 +399,7 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
              f"mount {storage_path} will fail to write checkpoints. Give a directory every node mounts or an "
              "s3:// / gs:// URI.")
     searcher = PruningAwareOptunaSearch(
-        space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE, points_to_evaluate=rerun if past else first_points,
+        space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE, points_to_evaluate=None if past else first_points,
         sampler=tpe_sampler(settings.trials, settings.seed + len(finished)), study_name=STUDY_NAME,
         storage=storage, max_t=settings.max_epochs, checkpoint_root=f"{storage_path}/{name}", resume=resumed,
         on_resume=scheduler.replay)
