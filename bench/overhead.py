@@ -20,6 +20,14 @@ were not trial compute into where they went, from the driver's view of each tria
 epoch. It stays put from run to run, while the percentages move with each search's length (a
 parallel search takes a different path every run).
 
+The reference, measured in the same run: the *floor*, the seconds a fresh process without Ray takes
+from its launch to where a trial's first epoch begins (Python, torch and our trainer imported, the
+data set built, the model, loss and AdamW made, which imports torch._dynamo), one process per slot
+launched together as the search's workers are. Any orchestrator that runs trials in processes it
+starts pays it once per slot, so "floor overhead" = floor / (floor + compute per slot) is the
+overhead such an orchestrator would show at no other cost, and "start-up / floor" is what Ray and
+Tune add on top.
+
 Each variant runs in its own process with its own Ray, so one cannot warm up the next. Variants
 change only knobs Ray reads from the environment, on top of what run_search ships:
   shipped        run_search as it is;
@@ -54,9 +62,6 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from ray import tune
 
     from spaces import OptimiserDefaults, default_config, define_by_run
-    from trainables.config import fixed_fields
-    from trainables.data import build_dataset, recipe
-    from trainables.data.splits import fixed_split
     from trainables.ray_cluster import init_ray, trial_slots
     from trainables.ray_tune import SearchSettings, TrialSetup, run_search
 
@@ -81,17 +86,12 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
         on_trial_error = on_trial_complete
 
-    rec = recipe("glyphs")
     started = time.monotonic()
     init_ray(None, num_cpus=args.cpus)
     ray_init = time.monotonic() - started
-    dataset = build_dataset("glyphs", None, rec.image_size)
-    split = fixed_split(dataset.train_classes, 0.1, args.seed)
-    cfg = {"batch_size": rec.batch_size, "embedding_size": rec.embedding_size, "backbone": rec.backbone,
-           "seed": args.seed, "m_per_class": None, "grad_clip": 10.0, "pretrained": False, "workers": 0,
-           **{k: getattr(rec, k) for k in ("warmup_epochs", "freeze_bn", "lr_schedule", "lr_step", "lr_gamma")}}
+    rec, dataset, split, fixed = glyph_trials(args)
     setup = TrialSetup(loss=args.loss, dataset="glyphs", data_root=None, image_size=rec.image_size,
-                       folds=(split,), ks=rec.ks, fixed=fixed_fields(cfg) | {"epochs": args.max_epochs})
+                       folds=(split,), ks=rec.ks, fixed=fixed)
     defaults = OptimiserDefaults(lr=rec.lr)
     settings = SearchSettings(trials=args.trials, max_epochs=args.max_epochs, grace_period=1, reduction_factor=3,
                               seed=args.seed)
@@ -105,6 +105,56 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     ray.shutdown()
     parts = split_overhead(timeline.start, timeline.end, timeline.compute, slots, t0, t1)
     return parts | {"ray_init": ray_init, "set-up": sum(timeline.set_up.values()) / (slots * parts["wall"])}
+
+
+def glyph_trials(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(recipe, data set, split, fixed TrainConfig fields) of the searched glyph trials: the search and the floor alike."""
+    from trainables.config import fixed_fields
+    from trainables.data import build_dataset, recipe
+    from trainables.data.splits import fixed_split
+
+    rec = recipe("glyphs")
+    dataset = build_dataset("glyphs", None, rec.image_size)
+    split = fixed_split(dataset.train_classes, 0.1, args.seed)
+    cfg = {"batch_size": rec.batch_size, "embedding_size": rec.embedding_size, "backbone": rec.backbone,
+           "seed": args.seed, "m_per_class": None, "grad_clip": 10.0, "pretrained": False, "workers": 0,
+           **{k: getattr(rec, k) for k in ("warmup_epochs", "freeze_bn", "lr_schedule", "lr_step", "lr_gamma")}}
+    return rec, dataset, split, fixed_fields(cfg) | {"epochs": args.max_epochs}
+
+
+def floor_child(args: argparse.Namespace) -> float:
+    """Seconds from this process's launch (args.launched, wall clock) until a trial could start its first
+    epoch, with no Ray: only what the trial itself needs is imported and built."""
+    import torch
+
+    from trainables.config import TrainConfig
+    from trainables.trainer import Trainer
+
+    torch.set_num_threads(1)  # as a trial of 1 CPU
+    _, dataset, split, fixed = glyph_trials(args)
+    cfg = TrainConfig.from_params(args.loss, json.loads(args.params), **fixed)
+    Trainer(cfg, dataset.subset(split.fit, train=True))  # builds model, loss and AdamW (torch._dynamo)
+    return time.time() - args.launched
+
+
+def measure_floor(args: argparse.Namespace, env: dict[str, str], repeats: int = 3) -> float:
+    """Median over `repeats` launches of `args.cpus` floor processes at once (as a search's workers start)."""
+    from spaces import OptimiserDefaults, default_config
+    from trainables.data import recipe
+
+    params = json.dumps(default_config(args.loss, OptimiserDefaults(lr=recipe("glyphs").lr)))
+    means = []
+    for _ in range(repeats):
+        argv = [sys.executable, __file__, "--floor", "--loss", args.loss, "--max-epochs", str(args.max_epochs),
+                "--seed", str(args.seed), "--params", params, "--launched", str(time.time())]
+        procs = [subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(args.cpus)]
+        outs = [proc.communicate() for proc in procs]
+        for proc, (out, err) in zip(procs, outs):
+            if proc.returncode:
+                sys.exit(f"floor process failed:\n{err[-3000:]}")
+        means.append(sum(float(out.strip().splitlines()[-1]) for out, _ in outs) / len(outs))
+    return sorted(means)[len(means) // 2]
 
 
 def split_overhead(start: dict[str, float], end: dict[str, float], compute: dict[str, float], slots: int,
@@ -146,28 +196,38 @@ def main() -> None:
     p.add_argument("--cpus", type=int, default=2, help="Ray's CPUs = trial slots (1 CPU per trial)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--params", help=argparse.SUPPRESS)  # --floor: the trial's config, JSON
+    p.add_argument("--launched", type=float, help=argparse.SUPPRESS)  # --floor: when the parent launched it
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(args)))
         return
+    if args.floor:
+        print(floor_child(args))
+        return
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     load = os.getloadavg()[0]
+    floor = measure_floor(args, env)
     print(f"glyphs, {args.loss}, {args.trials} trials, ASHA max_t {args.max_epochs} (grace 1, reduction 3), "
-          f"{args.cpus} slots of 1 CPU; load average {load:.1f} on {os.cpu_count()} cores at the start")
-    header = ["variant", "wall s", "compute s", "overhead", "in trials", "(of which set-up)", "ramp-up", "gaps", "tail",
-              "start-up s/slot", "ray.init s"]
+          f"{args.cpus} slots of 1 CPU; load average {load:.1f} on {os.cpu_count()} cores at the start; "
+          f"floor {floor:.1f} s per slot (a fresh process, no Ray, to its first epoch; median of 3)")
+    header = ["variant", "wall s", "compute s", "overhead", "floor overhead", "in trials", "(of which set-up)",
+              "ramp-up", "gaps", "tail", "start-up s/slot", "start-up / floor", "ray.init s"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name in args.variants:
         argv = [sys.executable, __file__, "--child", "--trials", str(args.trials), "--max-epochs",
                 str(args.max_epochs), "--loss", args.loss, "--cpus", str(args.cpus), "--seed", str(args.seed)]
-        env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"} | VARIANTS[name]
-        done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+        done = subprocess.run(argv, env=env | VARIANTS[name], cwd=REPO, capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"variant {name} failed:\n{done.stderr[-3000:]}")
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        pct = [f"{100 * r[k]:.1f} %" for k in ("overhead", "in trials", "set-up", "ramp-up", "gaps", "tail")]
         start_up = (r["ramp-up"] + r["set-up"]) * r["wall"]  # seconds per slot before its first epoch
+        floor_overhead = floor / (floor + r["compute"] / r["slots"])  # a zero-cost orchestrator starting processes
+        pct = [f"{100 * v:.1f} %" for v in (r["overhead"], floor_overhead, r["in trials"], r["set-up"], r["ramp-up"],
+                                             r["gaps"], r["tail"])]
         print(f"| {name} | {r['wall']:.1f} | {r['compute']:.1f} | " + " | ".join(pct)
-              + f" | {start_up:.1f} | {r['ray_init']:.1f} |")
+              + f" | {start_up:.1f} | {start_up / floor:.2f} | {r['ray_init']:.1f} |")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
