@@ -248,16 +248,29 @@ def _short(value: Any) -> str:
 
 
 class ProgressLines(tune.Callback):
-    """One readable line per trial event, instead of Ray's wide status table."""
+    """One readable line per trial event, instead of Ray's wide status table.
 
-    def __init__(self, total: int, max_t: int, echo: Callable[[str], None] = print) -> None:
+    A trial's score is its best epoch, as in study.db and the selection, so a finished trial whose
+    last epoch fell back shows both, and "best so far" is the best epoch of any trial that may be
+    selected (not a diverged or failed one), counting the curves of trials an earlier driver ran.
+    """
+
+    def __init__(self, total: int, max_t: int, echo: Callable[[str], None] = print,
+                 earlier: Sequence[Mapping[int, float]] = (),
+                 resumed: Mapping[int, Mapping[int, float]] | None = None) -> None:
         self.total, self.max_t, self.echo = total, max_t, echo
+        self.resumed = resumed or {}  # study trial number -> its curve, for trials that continue from a checkpoint
         self.finished = 0
         self.started: set[str] = set()
-        self.best: float | None = None
+        self.peaks: dict[str, tuple[float, int]] = {}  # trial id -> (best value, its epoch)
+        self.best: float | None = max((max(c.values()) for c in earlier if c), default=None)
 
     def _name(self, trial: Trial) -> str:
         return f"trial {trial.trial_id.split('_')[-1]}"
+
+    def _peak(self, trial_id: str, value: float, epoch: int) -> None:
+        if trial_id not in self.peaks or value > self.peaks[trial_id][0]:
+            self.peaks[trial_id] = (value, epoch)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         if trial.trial_id in self.started:  # Tune's retry after its worker died (FailureConfig)
@@ -271,8 +284,15 @@ class ProgressLines(tune.Callback):
             self.echo(f"{count} {self._name(trial)} started: {params}")
         else:
             where = "its last checkpoint" if "checkpoint" in resume else "epoch 1 (it left no checkpoint)"
+            if "checkpoint" in resume:  # the epochs it ran under an earlier driver are part of its curve
+                for epoch, value in self.resumed.get(resume["trial"], {}).items():
+                    self._peak(trial.trial_id, value, epoch)
             self.echo(f"{count} {self._name(trial)} continues interrupted study trial {resume['trial']} "
                       f"from {where}: {params}")
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        if result.get(SELECTION_METRIC) is not None and DIVERGED not in result:
+            self._peak(trial.trial_id, result[SELECTION_METRIC], result.get(EPOCH, 0))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._finish(trial, None)  # Tune reports a trial that errored to on_trial_error only
@@ -287,9 +307,12 @@ class ProgressLines(tune.Callback):
         if outcome is None:
             outcome = (f"diverged in epoch {epochs}" if DIVERGED in result else
                        "finished" if epochs >= self.max_t else f"pruned at epoch {epochs}")
-        if value is not None and outcome != "failed":
-            self.best = value if self.best is None else max(self.best, value)
         shown = "n/a" if value is None else f"{value:.3f}"
+        peak = self.peaks.get(trial.trial_id)
+        if peak and outcome != "failed" and DIVERGED not in result:
+            self.best = peak[0] if self.best is None else max(self.best, peak[0])
+            if value is not None and peak[0] > value:
+                shown += f", best {peak[0]:.3f} at epoch {peak[1]}"
         best = "n/a" if self.best is None else f"{self.best:.3f}"
         self.echo(f"[{self.finished}/{self.total} done] {self._name(trial)} {outcome}: "
                   f"val R@1 {shown} (best so far {best})")
@@ -398,6 +421,11 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
         echo(f"warning: this Ray cluster has several nodes but no --storage-path: trials on nodes that do not "
              f"mount {storage_path} will fail to write checkpoints. Give a directory every node mounts or an "
              "s3:// / gs:// URI.")
+    selectable = [t.intermediate_values for t in finished  # what "best so far" counts from earlier drivers
+                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and DIVERGED not in t.user_attrs]
+    progress = ProgressLines(budget, settings.max_epochs, echo, earlier=selectable,
+                             resumed={t.number: t.intermediate_values for t in resumed})
+
     searcher = PruningAwareOptunaSearch(
         space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE, points_to_evaluate=None if past else first_points,
         sampler=tpe_sampler(settings.trials, settings.seed + len(finished)), study_name=STUDY_NAME,
@@ -411,7 +439,7 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, verbose=0,
-            callbacks=[ProgressLines(budget, settings.max_epochs, echo), *callbacks],
+            callbacks=[progress, *callbacks],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=1)),
     )
