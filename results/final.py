@@ -216,10 +216,12 @@ class TestStageFailed(RuntimeError):
 
 
 def test_metrics(trainer: Trainer, dataset: DMLDataset, ks: list[int]) -> dict[str, float]:
-    """Recall@K of the test half: every test item against the others, or queries against the gallery."""
+    """Recall@K, MAP@R and NMI of the test half: every test item against the others, or queries against
+    the gallery (NMI then clusters both together)."""
     if dataset.test_query is not None and dataset.test_gallery is not None:
-        return trainer.evaluate(dataset.items(dataset.test_query), ks, gallery=dataset.items(dataset.test_gallery))
-    return trainer.evaluate(dataset.subset(dataset.test_classes), ks)
+        return trainer.evaluate(dataset.items(dataset.test_query), ks, gallery=dataset.items(dataset.test_gallery),
+                                with_nmi=True)
+    return trainer.evaluate(dataset.subset(dataset.test_classes), ks, with_nmi=True)
 
 
 def ledger_entry(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds: Sequence[ClassSplit], tc: TrainConfig,

@@ -50,7 +50,7 @@ STATE_STYLE = {
     "rerun": {"color": "0.75", "marker": "+", "filled": True, "ls": ":", "label": "interrupted, config run again"},
 }
 # Tested metrics other than Recall@K, as the final table heads them (any other is shown by its own name).
-METRIC_NAMES = {"map@r": "MAP@R", "r_precision": "R-Precision"}
+METRIC_NAMES = {"map@r": "MAP@R", "r_precision": "R-Precision", "nmi": "NMI"}
 SELECTED_COLORS = ("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 DEFAULTS_COLOR = "black"
 

@@ -67,7 +67,7 @@ def test_retrain_records_every_seed_with_what_reproduces_it(blobs, tmp_path) -> 
         assert {"torch", "optuna", "ray", "python"} <= set(e["versions"]) and "code" in e
         assert e["selection"] == {"rank": 1, "trial": 4, "state": "complete", SELECTION_METRIC: 0.5,
                                   "best_epoch": 1, "final_epochs": "auto"}
-        assert 0 <= e["metrics"]["recall@1"] <= 1
+        assert 0 <= e["metrics"]["recall@1"] <= 1 and 0 <= e["metrics"]["nmi"] <= 1
     assert entries[0]["config_hash"] != entries[1]["config_hash"]  # the seed is part of the config
     assert all(e["device"] == e["test_device"] == final.device_name("cpu") for e in entries)
     kept = final.torch_load((tmp_path / final.FINAL_DIR / "config1-seed0.pt").read_bytes())["trainer"]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from trainables.config import TrainConfig
+from trainables.metrics import nmi
 from trainables.trainer import Trainer
 
 ST = {"margin": 0.01, "scale": 20.0, "gamma": 0.1, "tau": 0.2}
@@ -112,3 +113,23 @@ def test_pd_class_mean_start_puts_proxies_on_class_means_once(blobs) -> None:
     assert trainer.loss.needs_proxy_init
     trainer.train_epoch()
     assert not trainer.loss.needs_proxy_init
+
+
+def test_embeddings_are_fp32_even_for_a_trainer_that_trains_under_autocast(blobs) -> None:
+    """On CUDA the training forward runs in bf16 autocast; evaluation must not (same scores on any device)."""
+    trainer = Trainer(_cfg(), blobs.subset(blobs.train_classes, train=True))
+    items = blobs.subset(blobs.train_classes)
+    plain, _ = trainer.embed(items)
+    trainer.autocast = torch.autocast("cpu", dtype=torch.bfloat16)  # what a CUDA trainer trains under
+    again, _ = trainer.embed(items)
+    assert again.dtype == torch.float32 and torch.equal(plain, again)
+
+
+def test_evaluate_adds_the_nmi_of_every_item_embedded_only_when_asked(blobs) -> None:
+    trainer = Trainer(_cfg(), blobs.subset(blobs.train_classes, train=True))
+    queries, gallery = blobs.subset(blobs.train_classes[:3]), blobs.subset(blobs.train_classes[2:])
+    (q, q_lab), (g, g_lab) = trainer.embed(queries), trainer.embed(gallery)
+    assert "nmi" not in trainer.evaluate(queries, [1])
+    assert trainer.evaluate(queries, [1], with_nmi=True)["nmi"] == nmi(q, q_lab, seed=0)
+    both = trainer.evaluate(queries, [1], gallery=gallery, with_nmi=True)["nmi"]
+    assert both == nmi(torch.cat([q, g]), np.concatenate([q_lab, g_lab]), seed=0)

@@ -9,8 +9,9 @@ exception: their RNG stream restarts on resume.)
 
 The recipe follows Proxy-Anchor's official train.py (DESIGN §8): warm-up epochs that train only
 the embedding layer and the loss's parameters, optionally frozen backbone BatchNorm, a per-epoch
-StepLR (or cosine), element-wise gradient clipping. On CUDA the forward runs in bf16 autocast
-with channels_last tensors; the CPU path stays fp32 and is the one the tests run.
+StepLR (or cosine), element-wise gradient clipping. On CUDA the training forward runs in bf16
+autocast with channels_last tensors; the CPU path stays fp32 and is the one the tests run.
+Embeddings for evaluation are always fp32, so a checkpoint scores the same on either device.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from trainables.batches import epoch_batches
 from trainables.config import TrainConfig, learned_fields
 from trainables.data.base import InMemoryImages
 from trainables.losses import build_loss
-from trainables.metrics import retrieval_metrics
+from trainables.metrics import nmi, retrieval_metrics
 from trainables.models import build_model
 
 
@@ -198,20 +199,26 @@ class Trainer:
         else:
             batches = (x.to(self.device, non_blocking=True)
                        for x, _ in self._file_loader(dataset, batch_size=batch_size, shuffle=False))
-        chunks = []
-        for x in batches:
-            with self.autocast:
-                chunks.append(self.model(x.contiguous(memory_format=self.memory_format)).float().cpu())
+        # Not under self.autocast: bf16 keeps ~3 significant digits, enough to reorder near
+        # neighbours, and the scores selection and the test report should not depend on the device.
+        chunks = [self.model(x.contiguous(memory_format=self.memory_format)).float().cpu() for x in batches]
         return torch.cat(chunks), labels
 
-    def evaluate(self, queries: Dataset, ks: Sequence[int], gallery: Dataset | None = None) -> dict[str, float]:
-        """Recall@K (and MAP@R) of these items against each other, or of queries against a gallery."""
+    def evaluate(self, queries: Dataset, ks: Sequence[int], gallery: Dataset | None = None,
+                 with_nmi: bool = False) -> dict[str, float]:
+        """Recall@K (and MAP@R) of these items against each other, or of queries against a gallery;
+        with_nmi adds the NMI of a k-means over every item embedded (a minute on SOP's test half, so
+        the test reports it and the per-epoch validation does not)."""
         q_emb, q_lab = self.embed(queries)
         if gallery is None:
-            return retrieval_metrics(q_emb, q_lab, ks, device=self.device)
-        g_emb, g_lab = self.embed(gallery)
-        return retrieval_metrics(q_emb, q_lab, ks, gallery_embeddings=g_emb, gallery_labels=g_lab,
-                                 device=self.device)
+            out = retrieval_metrics(q_emb, q_lab, ks, device=self.device)
+            everything = q_emb, q_lab
+        else:
+            g_emb, g_lab = self.embed(gallery)
+            out = retrieval_metrics(q_emb, q_lab, ks, gallery_embeddings=g_emb, gallery_labels=g_lab,
+                                    device=self.device)
+            everything = torch.cat([q_emb, g_emb]), np.concatenate([q_lab, g_lab])
+        return out | {"nmi": nmi(*everything, seed=self.cfg.seed)} if with_nmi else out
 
     def state_dict(self, optimizer: bool = True) -> dict[str, Any]:
         """Everything to resume training; optimizer=False keeps what evaluation needs (AdamW's state: 2x the model)."""
