@@ -1,6 +1,10 @@
 """Multi-Similarity (Wang et al. 2019) search space, DESIGN §4 table.
 
-| symbol | name here | paper default | thesis range |
+The defaults are DESIGN §4's; λ = 0.5 is also the authors' code (research-ms-loss, `thresh = 0.5`)
+and PML's default, while PML's documentation says the paper's text uses λ = 1 (the paper is not
+among the seeds, so this is not checked here). 1 is inside the searched range.
+
+| symbol | name here | default       | thesis range |
 | λ      | margin    | 0.5           | [0, 1]       |
 | α      | alpha     | 2             | (0, 100]     |
 | β      | beta      | 50            | (0, 100]     |

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 from pytorch_metric_learning import regularizers as pml_regularizers
@@ -188,13 +189,17 @@ def test_proxy_nca_is_eq_2_with_a_scale(scale: float) -> None:
     assert value == pytest.approx(ref_proxy_nca(_np(x), y.numpy(), _np(loss.proxies), scale), **TOL)
 
 
-def test_proxy_nca_is_not_pmls_which_keeps_the_positive_in_the_denominator() -> None:
-    ours = build_loss("proxy_nca", C, D, {"scale": 1.0})
+@pytest.mark.parametrize("scale", [1.0, 4.0])  # small enough that softplus(ℓ) and ℓ differ visibly
+def test_proxy_nca_is_not_pmls_which_keeps_the_positive_in_the_denominator(scale: float) -> None:
+    """On the same cosines and scale, PML's softmax over all proxies is softplus of Eq. 2's term, sample by sample."""
+    ours = build_loss("proxy_nca", C, D, {"scale": scale})
     x, y = _batch(3)
-    pml = pml_losses.ProxyNCALoss(C, D)
+    pml = pml_losses.ProxyNCALoss(C, D, softmax_scale=scale, distance=pml_distances.CosineSimilarity())
     with torch.no_grad():
         pml.proxies.copy_(ours.proxies)
-    assert not math.isclose(ours(x, y).item(), pml(x, y).item(), rel_tol=1e-3)
+        per_sample = torch.stack([ours(x[i: i + 1], y[i: i + 1]) for i in range(len(y))])
+        assert pml(x, y).item() == pytest.approx(torch.nn.functional.softplus(per_sample).mean().item(), **TOL)
+        assert not math.isclose(ours(x, y).item(), pml(x, y).item(), rel_tol=1e-3)
 
 
 @pytest.mark.parametrize("tau", [0.0, 0.2])

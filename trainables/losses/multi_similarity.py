@@ -67,5 +67,5 @@ class MultiSimilarity(nn.Module):
 
 def multi_similarity(num_classes: int, embedding_size: int, *, margin: float, alpha: float, beta: float,
                      epsilon: float) -> MultiSimilarity:
-    """Multi-Similarity with λ = margin, α, β and the miner's ε (paper: 0.5, 2, 50, 0.1)."""
+    """Multi-Similarity with λ = margin, α, β and the miner's ε (defaults in spaces/ms.py: 0.5, 2, 50, 0.1)."""
     return MultiSimilarity(margin=margin, alpha=alpha, beta=beta, epsilon=epsilon)

@@ -11,12 +11,13 @@ softplus of the term above) and its default similarity is squared L2 with softma
 no argument turns it into Eq. 2 (DESIGN §5).
 
 The scale s: Eq. 2 as printed has s = 1. With cosines in [−1, 1] the loss then cannot fall
-below ≈ log(C−1) − 2, so its gradient never fades and the embedding barely separates classes;
-every implementation scales the logits. The Proxy-Anchor authors' own Proxy-NCA baseline
-(github.com/tjddus9597/Proxy-Anchor-CVPR2020, `losses.py`: `Proxy_NCA(scale=32)`, i.e. PML with
-softmax_scale=32 on squared L2 distances) uses 32, which we take as the default; on cosines
-their form is a scale of 64 (−32·‖x−p‖² = 64·cos − 64), so the searched range [1, 100] covers it.
-s = 1 gives Eq. 2 exactly.
+below ≈ log(C−1) − 2, and its softmax over the negative proxies stays close to uniform, so a hard
+negative is pushed little harder than an easy one (the pull on the positive is the constant s
+whatever s is); every implementation scales the logits. The Proxy-Anchor authors' own Proxy-NCA
+baseline (github.com/tjddus9597/Proxy-Anchor-CVPR2020, `losses.py`: `Proxy_NCA(scale=32)`, i.e.
+PML with softmax_scale=32 on squared L2 distances of unit vectors) is, on cosines, a scale of 64
+(−32·‖x−p‖² = 64·cos − 64): 64 is the default, inside the searched range [1, 100]. s = 1 gives
+Eq. 2 exactly.
 """
 from __future__ import annotations
 

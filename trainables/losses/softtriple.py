@@ -62,9 +62,8 @@ class SoftTriple(nn.Module):
         gram = blocks @ blocks.transpose(1, 2)                               # (C, K, K)
         s, t = torch.triu_indices(k, k, offset=1, device=w.device)
         same = gram[:, s, t]                                                 # w_c^s·w_c^t for s < t
-        # ‖w^s − w^t‖ = sqrt(2 − 2 w^s·w^t); the clamp and the tiny constant keep sqrt's argument
-        # positive under rounding (the same guards PML uses, so the values agree).
-        dist = torch.sqrt(2.0 + torch.finfo(w.dtype).tiny - torch.clamp(2.0 * same, max=2.0))
+        # ‖w^s − w^t‖ = sqrt(2 − 2 w^s·w^t); the clamp keeps sqrt's argument ≥ 0 under rounding.
+        dist = torch.sqrt(2.0 - torch.clamp(2.0 * same, max=2.0))
         return dist.sum() / (self.num_classes * k * (k - 1))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
