@@ -210,15 +210,12 @@ class Trainer:
         with_nmi adds the NMI of a k-means over every item embedded (a minute on SOP's test half, so
         the test reports it and the per-epoch validation does not)."""
         q_emb, q_lab = self.embed(queries)
-        if gallery is None:
-            out = retrieval_metrics(q_emb, q_lab, ks, device=self.device)
-            everything = q_emb, q_lab
-        else:
-            g_emb, g_lab = self.embed(gallery)
-            out = retrieval_metrics(q_emb, q_lab, ks, gallery_embeddings=g_emb, gallery_labels=g_lab,
-                                    device=self.device)
-            everything = torch.cat([q_emb, g_emb]), np.concatenate([q_lab, g_lab])
-        return out | {"nmi": nmi(*everything, seed=self.cfg.seed)} if with_nmi else out
+        g_emb, g_lab = self.embed(gallery) if gallery is not None else (None, None)
+        out = retrieval_metrics(q_emb, q_lab, ks, gallery_embeddings=g_emb, gallery_labels=g_lab, device=self.device)
+        if with_nmi:
+            emb, lab = (q_emb, q_lab) if g_emb is None else (torch.cat([q_emb, g_emb]), np.concatenate([q_lab, g_lab]))
+            out["nmi"] = nmi(emb, lab, seed=self.cfg.seed)
+        return out
 
     def state_dict(self, optimizer: bool = True) -> dict[str, Any]:
         """Everything to resume training; optimizer=False keeps what evaluation needs (AdamW's state: 2x the model)."""
