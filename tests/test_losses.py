@@ -345,6 +345,19 @@ def test_pd_loss_clamps_a_negative_mean_gap_and_keeps_gradients_finite() -> None
     assert value == pytest.approx(-math.log(1e-6) + 0.5 * math.log(spread), **TOL)
 
 
+
+def test_pd_loss_factory_passes_its_epsilon_to_the_clamp() -> None:
+    loss = build_loss("pd", C, D, {"epsilon": 1e-2})
+    x, y = _batch(13)
+    with torch.no_grad():  # μ_gen < μ_imp, so the mean-gap clamp at ε is what the loss sees
+        for c in range(C):
+            if (y == c).any():
+                loss.proxies[c] = -x[y == c].float().mean(0)
+    stats = loss.statistics(x, y)
+    spread = (stats["var_gen"] + stats["var_imp"]).item()
+    assert loss.epsilon == 1e-2
+    assert loss(x, y).item() == pytest.approx(-math.log(1e-2) + 0.5 * math.log(spread), **TOL)
+
 # ---------------------------------------------------------------- proxies from class means
 
 PROXY_LOSSES = {"proxy_anchor": {"margin": 0.1, "alpha": 32.0}, "proxy_nca": {"scale": 32.0}, "pd": {}}

@@ -210,24 +210,56 @@ def retrieval_metrics(
 
 
 def nmi(embeddings: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray | Sequence[int],
-        seed: int = 0) -> float:
+        seed: int = 0, starts: int = 3) -> float:
     """Normalised mutual information between the labels and a seeded k-means (k = number of classes).
 
-    k-means runs through faiss (20 iterations, the faiss and PML default) on the L2-normalised
-    embeddings, the space retrieval is scored in.
+    k-means runs through faiss (20 Lloyd iterations, the faiss and PML default) on the L2-normalised
+    embeddings, the space retrieval is scored in. Each of `starts` runs is seeded by k-means++ and
+    the partition with the lowest k-means objective is scored. faiss's own start (k points drawn
+    uniformly) often puts two centroids in one cluster and merges two others: on 10 well-separated
+    clusters it scored NMI 0.81-0.96 where the true partition scores 1, and ten such starts still
+    missed it in every try; one k-means++ start found it in all of them.
     """
+    if starts < 1:
+        raise ValueError(f"nmi needs at least one k-means start, but got starts={starts}.")
     # Imported here: only NMI needs them, and the trainer's per-epoch Recall@K should not load
     # faiss's own OpenMP/BLAS or scikit-learn.
     import faiss
     from sklearn.metrics import normalized_mutual_info_score
 
     cpu = torch.device("cpu")
-    x = _normalised(embeddings, "embeddings", cpu).numpy()
+    x = np.ascontiguousarray(_normalised(embeddings, "embeddings", cpu).numpy(), dtype=np.float32)
     y = _class_ids(labels, len(x), "labels", cpu).numpy()
     n_classes = len(np.unique(y))
-    # min_points_per_centroid=1: k = number of classes is fixed by the protocol, so faiss's
-    # "too few points per centroid" warning would only be noise.
-    kmeans = faiss.Kmeans(x.shape[1], n_classes, niter=20, seed=seed, min_points_per_centroid=1)
-    kmeans.train(x)
-    _, assigned = kmeans.index.search(x, 1)
-    return float(normalized_mutual_info_score(y, assigned[:, 0]))
+    rng = np.random.default_rng(seed)
+    best: tuple[float, np.ndarray] | None = None
+    for start in range(starts):
+        # min_points_per_centroid=1: k = number of classes is fixed by the protocol, so faiss's
+        # "too few points per centroid" warning would only be noise.
+        kmeans = faiss.Kmeans(x.shape[1], n_classes, niter=20, seed=seed + start, min_points_per_centroid=1)
+        kmeans.train(x, init_centroids=_kmeans_plus_plus(x, n_classes, rng))
+        if best is None or kmeans.obj[-1] < best[0]:
+            best = (kmeans.obj[-1], kmeans.index.search(x, 1)[1][:, 0])
+    return float(normalized_mutual_info_score(y, best[1]))
+
+
+def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator, rounds: int = 256) -> np.ndarray:
+    """k starting centroids drawn by k-means++ (Arthur & Vassilvitskii, 2007) from the unit rows of x.
+
+    Each next centroid is a point drawn with probability proportional to its squared distance to
+    the nearest centroid so far (2 - 2·cos for unit vectors). Exact k-means++ costs one pass over x
+    per centroid: minutes for SOP's 11,316 classes. So the draws come in at most `rounds` blocks of
+    ceil(k / rounds) points each, one matrix product per block: exact for k <= rounds (CUB, Cars).
+    """
+    n = len(x)
+    block = -(-k // rounds)
+    chosen = [int(rng.integers(n))]
+    nearest = np.maximum(2 - 2 * (x @ x[chosen[0]]), 0)
+    while len(chosen) < k:
+        size = min(block, k - len(chosen))
+        # Fewer points left away from every centroid than asked for (duplicates): any points will do.
+        p = nearest / nearest.sum() if np.count_nonzero(nearest) >= size else None
+        new = rng.choice(n, size=size, replace=False, p=p)
+        chosen.extend(new.tolist())
+        np.minimum(nearest, np.maximum(2 - 2 * (x @ x[new].T).max(axis=1), 0), out=nearest)
+    return x[chosen]

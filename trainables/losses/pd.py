@@ -71,6 +71,6 @@ class PDLoss(ProxyInitMixin, nn.Module):
         return -torch.log(gap) + 0.5 * torch.log(spread)
 
 
-def pd(num_classes: int, embedding_size: int, *, proxy_init: str = "random") -> PDLoss:
+def pd(num_classes: int, embedding_size: int, *, proxy_init: str = "random", epsilon: float = EPSILON) -> PDLoss:
     """PD-Loss; `proxy_init` is "random" (the paper's reported runs) or "class_mean" (its README)."""
-    return PDLoss(num_classes, embedding_size, proxy_init=proxy_init)
+    return PDLoss(num_classes, embedding_size, proxy_init=proxy_init, epsilon=epsilon)
