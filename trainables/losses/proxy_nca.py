@@ -55,5 +55,5 @@ class ProxyNCA(ProxyInitMixin, nn.Module):
 
 
 def proxy_nca(num_classes: int, embedding_size: int, *, scale: float, proxy_init: str = "random") -> ProxyNCA:
-    """Proxy-NCA, Eq. 2 of the Proxy-Anchor paper, logits scaled by `scale` (default 32)."""
+    """Proxy-NCA, Eq. 2 of the Proxy-Anchor paper, logits scaled by `scale` (the space's default: 64)."""
     return ProxyNCA(num_classes, embedding_size, scale=scale, proxy_init=proxy_init)
