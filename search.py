@@ -236,7 +236,8 @@ def search_stage(run_dir: Path, cfg: dict[str, Any], folds: list[ClassSplit], ec
     A study an earlier driver left unfinished is continued (ray_tune.run_search): its finished
     trials are kept, interrupted ones continue from their last checkpoint, the rest are new.
     """
-    from trainables.ray_tune import SearchSettings, TrialSetup, run_search
+    from trainables.trial import TrialSetup
+    from trainables.tune_search import SearchSettings, run_search
 
     defaults = OptimiserDefaults(lr=cfg["lr"])
     searched = folds[:cfg.get("search_folds", 1)]

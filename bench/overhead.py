@@ -63,7 +63,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from spaces import OptimiserDefaults, default_config, define_by_run
     from trainables.ray_cluster import init_ray, trial_slots
-    from trainables.ray_tune import SearchSettings, TrialSetup, run_search
+    from trainables.trial import TrialSetup
+    from trainables.tune_search import SearchSettings, run_search
 
     class Timeline(tune.Callback):
         def __init__(self) -> None:

@@ -33,7 +33,8 @@ import pandas as pd  # noqa: E402
 from results import ledger, tables  # noqa: E402
 from results.final import AUTO, ledger_frame, param_text, pm_text, recall_ks  # noqa: E402
 from spaces import OptimiserDefaults, default_config  # noqa: E402
-from trainables.config import DIVERGED, SELECTION_METRIC, STUDY_FILE  # noqa: E402
+from trainables.config import SELECTION_METRIC  # noqa: E402
+from trainables.study import DIVERGED, STUDY_FILE  # noqa: E402
 
 REPORT_NAME = "report.html"
 # fANOVA on fewer full-budget trials than this is noise (a forest fitted to a handful of points).

@@ -11,8 +11,8 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from trainables.config import (DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, SELECTION_METRIC, STUDY_NAME,
-                               study_url)
+from trainables.config import SELECTION_METRIC
+from trainables.study import DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, STUDY_NAME, study_url
 
 STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
           optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",

@@ -12,7 +12,7 @@ from ray import tune
 from spaces import OptimiserDefaults, default_config, define_by_run
 from trainables.data import build_dataset
 from trainables.data.splits import ClassSplit, fixed_split, kfold_splits
-from trainables.ray_tune import TrialSetup
+from trainables.trial import TrialSetup
 
 LOSS = "proxy_anchor"
 IMAGE_SIZE = 16

@@ -28,7 +28,7 @@ from results import ledger
 from results.final import retrain_and_test
 from trainables.data.splits import fixed_split
 from trainables.ray_cluster import run_tasks, trial_device, trial_slots
-from trainables.ray_tune import SearchSettings, run_search
+from trainables.tune_search import SearchSettings, run_search
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,10 +21,11 @@ from ray_helpers import IMAGE_SIZE, LOSS, ResultLog, glyph_setup, logged_results
 
 import search
 from results import tables
-from trainables.config import RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, SELECTION_METRIC
-from trainables.ray_tune import (CHECKPOINT_ATTR, DIVERGED, EPOCH, RESUME_KEY, PruningAwareOptunaSearch,
-                                 ResumableASHA, SearchSettings, settle_earlier_drivers, run_search, study_storage,
-                                 tpe_sampler)
+from trainables.config import SELECTION_METRIC
+from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA
+from trainables.study import CHECKPOINT_ATTR, DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, study_storage
+from trainables.trial import EPOCH, RESUME_KEY
+from trainables.tune_search import SearchSettings, run_search, settle_earlier_drivers, tpe_sampler
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_EPOCHS = 3  # ASHA rungs at epochs 1 and 3 (grace 1, reduction 3)

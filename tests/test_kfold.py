@@ -9,9 +9,10 @@ from ray_helpers import IMAGE_SIZE, LOSS, ResultLog, glyph_folds, glyph_setup, l
 
 import search
 from results import ledger, tables
-from trainables.config import RAY_TRIAL_ID_ATTR, SELECTION_METRIC
+from trainables.config import SELECTION_METRIC
 from trainables.data import build_dataset
-from trainables.ray_tune import SearchSettings, run_search
+from trainables.study import RAY_TRIAL_ID_ATTR
+from trainables.tune_search import SearchSettings, run_search
 
 FOLDS, SEARCHED = 4, 2
 

@@ -465,7 +465,7 @@ def test_labels_outside_the_classes_are_refused() -> None:
 
 def test_pml_is_imported_only_for_the_losses_built_on_it() -> None:
     """Trial workers import the trainer; PML (with scipy.stats, ~1 s) must wait for a loss that uses it."""
-    probe = ("import sys; import search, trainables.ray_tune; from spaces import SPACES; "
+    probe = ("import sys; import search, trainables.tune_search; from spaces import SPACES; "
              "from trainables.losses import build_loss; loaded = lambda: 'pytorch_metric_learning' in sys.modules; "
              "before = loaded(); build_loss('softtriple', 7, 8, SPACES['softtriple'][0].DEFAULTS); middle = loaded(); "
              "build_loss('proxy_anchor', 7, 8, SPACES['proxy_anchor'][0].DEFAULTS); print(before, middle, loaded())")

@@ -4,8 +4,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from trainables.config import DIVERGED, SELECTION_METRIC
-from trainables.ray_tune import EPOCH, RESUME_KEY, ProgressLines
+from trainables.config import SELECTION_METRIC
+from trainables.progress import ProgressLines
+from trainables.study import DIVERGED
+from trainables.trial import EPOCH, RESUME_KEY
 
 
 def _run(progress: ProgressLines, trial_id: str, curve: dict[int, float], config: dict[str, Any] | None = None,

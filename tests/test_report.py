@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 import search
 from results import final, ledger, report, tables
 from spaces import OptimiserDefaults, default_config, define_by_run
-from trainables.config import DIVERGED, RERUN_ATTR, SECONDS_ATTR, SELECTION_METRIC
+from trainables.config import SELECTION_METRIC
+from trainables.study import DIVERGED, RERUN_ATTR, SECONDS_ATTR
 
 MAX_EPOCHS = 6
 R1_TESTED = {1: [0.612, 0.634], 2: [0.581, 0.590]}  # config rank -> test R@1 per seed
@@ -36,7 +37,7 @@ def _point(dist, u: float) -> float:
     return dist.low + u * (dist.high - dist.low)
 
 
-REASON = "loss became nan in epoch 2; the config (lr=0.001, {}) diverges."  # DivergedError's, as ray_tune stores it
+REASON = "loss became nan in epoch 2; the config (lr=0.001, {}) diverges."  # DivergedError's, as run_trial reports it
 
 
 def kinds(complete: int, pruned: int, failed: int = 0) -> list[tuple[str, int]]:
@@ -58,7 +59,7 @@ def write_run(out, trials: list[tuple[str, int]], tested: bool = True, trials_fl
     """A run directory as search.py leaves it: config.json, study.db (defaults first), ledger, final.parquet.
 
     `trials` are (kind, epochs) in trial order: a study state, "diverged" (pruned with the reason, its
-    last epoch scored 0 as ray_tune reports it) or "rerun" (closed on resume, its config run again).
+    last epoch scored 0 as run_trial reports it) or "rerun" (closed on resume, its config run again).
     `trials_flag` is config.json's --trials if not len(trials).
     """
     out.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,12 @@ from ray_helpers import glyph_setup, paper_point, space
 
 from results import tables
 from spaces import OptimiserDefaults, default_config, define_by_run
-from trainables.config import DIVERGED, SELECTION_METRIC
+from trainables.config import SELECTION_METRIC
 from trainables.ray_cluster import init_ray
-from trainables.ray_tune import EPOCH, PruningAwareOptunaSearch, SearchSettings, run_search, tpe_sampler
+from trainables.searcher import PruningAwareOptunaSearch
+from trainables.study import DIVERGED
+from trainables.trial import EPOCH
+from trainables.tune_search import SearchSettings, run_search, tpe_sampler
 
 
 def _searcher(tmp_path, max_t: int = 4) -> PruningAwareOptunaSearch:

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from results import tables
-from trainables.config import DIVERGED, SELECTION_METRIC
+from trainables.config import SELECTION_METRIC
+from trainables.study import DIVERGED
 
 BEST = f"best_{SELECTION_METRIC}"
 

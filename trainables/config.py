@@ -5,7 +5,6 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 # Keys of a search-space point that configure the optimiser; every other key is the loss's.
@@ -95,27 +94,7 @@ def config_hash(payload: Mapping[str, Any]) -> str:
     """A short stable hash of a config (sorted JSON), used to name and match results."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
-# The run's Optuna study: its name and its sqlite file in the run directory (optuna-dashboard opens it).
-STUDY_NAME = "dmltune"
-STUDY_FILE = "study.db"
-
-
-def study_url(run_dir: Path) -> str:
-    return f"sqlite:///{(run_dir / STUDY_FILE).resolve()}"
-
 
 # The one selection metric and its direction: searcher, scheduler, selection and report share it.
 SELECTION_METRIC = "val_recall@1"
 SELECTION_MODE = "max"
-# Optuna user attribute linking a study trial to its Ray Tune trial (study.db <-> ray/).
-RAY_TRIAL_ID_ATTR = "ray_trial_id"
-# Result key and Optuna user attribute holding why a trial diverged (its loss became NaN/inf).
-DIVERGED = "diverged"
-# Optuna user attribute: seconds the trial has run on its workers (Tune's time_total_s), summed over the
-# drivers of a resumed study, so a trial's cost never counts the time between two drivers.
-SECONDS_ATTR = "seconds"
-# Optuna user attribute of an interrupted trial that had reported epochs but whose checkpoint is gone:
-# it is closed as FAIL and its config runs again as a new trial (Optuna keeps a step's first value,
-# so a rerun under the same number would mix two runs' curves). It does not count against the budget,
-# and the trials table shows it as "rerun".
-RERUN_ATTR = "rerun"

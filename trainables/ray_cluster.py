@@ -3,7 +3,7 @@
 Pre-flight checks refuse, before any work, an address nothing answers at, storage that cannot be
 written or a dashboard that cannot start. `assigned_device` and `trial_slots` say what a trial gets;
 `run_tasks` sends the final stage's retrains and test evaluations where the trials went. The
-search itself (Tune, Optuna, ASHA) is trainables/ray_tune.py.
+search itself (Tune, Optuna, ASHA) is trainables/tune_search.py.
 """
 from __future__ import annotations
 

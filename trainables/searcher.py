@@ -1,0 +1,144 @@
+"""The resumable search algorithm: a pruning-aware Optuna searcher and an ASHA whose rungs can be refilled.
+
+study.db is the record a restarted driver trusts (Ray's `Tuner.restore` brings back neither the
+searcher's view of trials finished after its last snapshot nor ASHA's rungs): every epoch's
+score and the path of that epoch's checkpoint go into the Optuna trial as they arrive, so a
+later driver keeps every finished trial, continues each interrupted one from its last checkpoint
+under its own trial number, and refills ASHA's rungs from the curves. Each trial ASHA stops is
+told to Optuna as PRUNED (DESIGN §6).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import optuna
+import pyarrow.fs
+from optuna.trial import FrozenTrial, TrialState
+from ray.train.constants import CHECKPOINT_DIR_NAME
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from trainables.config import SELECTION_METRIC, SELECTION_MODE
+from trainables.study import CHECKPOINT_ATTR, DIVERGED, RAY_TRIAL_ID_ATTR, SECONDS_ATTR
+from trainables.trial import EPOCH, RESUME_KEY
+
+logger = logging.getLogger(__name__)
+
+
+def last_checkpoint(trial: FrozenTrial) -> str | None:
+    """Where an interrupted study trial's latest checkpoint is, if it still exists."""
+    location = trial.user_attrs.get(CHECKPOINT_ATTR)
+    if not location:
+        return None
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+        logger.warning("Checkpoint %s of study trial %d is gone.", location, trial.number)
+        return None
+    return location
+
+
+class PruningAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna an ASHA-stopped trial is PRUNED, and keeps study.db resumable.
+
+    Ray's OptunaSearch tells every trial that ends without error as COMPLETE with its last
+    value, so a config stopped after one epoch looks like a finished one with a low score and
+    TPE's model of "good" is built from mixed budgets. Optuna records a PRUNED trial's last
+    intermediate value (already reported each epoch) and TPE ranks pruned trials by the step
+    they reached. A trial that ran the full budget is told its best epoch's value, the number
+    selection ranks it by, not its last. Each Optuna trial also records its Ray trial id (linking
+    study.db to ray/), the location of its latest checkpoint, and why it diverged if it did.
+
+    `resume` are study trials an earlier driver left RUNNING: the first suggestions hand them out
+    again (same trial number, same params, RESUME_KEY naming the checkpoint to continue from, if
+    any), and `on_resume(ray_trial_id, curve)` lets the scheduler learn what they already reported.
+    """
+
+    def __init__(self, *args: Any, max_t: int, checkpoint_root: str, resume: Sequence[FrozenTrial] = (),
+                 on_resume: Callable[[str, Mapping[int, float]], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_t = max_t
+        self.checkpoint_root = checkpoint_root.rstrip("/")  # Ray's experiment directory (path or URI)
+        self._resume = list(resume)
+        self._on_resume = on_resume
+        self._last_step: dict[str, int] = {}  # Ray trial id -> last epoch reported to Optuna
+        self._best: dict[str, float] = {}  # Ray trial id -> best value reported to Optuna
+        self._earlier_seconds: dict[str, float] = {}  # Ray trial id -> seconds earlier drivers ran its study trial
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self._resume:
+            past = self._resume.pop(0)
+            # Optuna has no public call that reopens a RUNNING trial; Study.ask reopens WAITING ones this way.
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, past._trial_id)
+            checkpoint = last_checkpoint(past)
+            config = dict(past.params) | {RESUME_KEY: {"trial": past.number} | ({"checkpoint": checkpoint}
+                                                                                 if checkpoint else {})}
+            for step, value in past.intermediate_values.items():
+                self._note(trial_id, value, step)
+            self._earlier_seconds[trial_id] = past.user_attrs.get(SECONDS_ATTR, 0.0)
+            if self._on_resume and checkpoint:
+                self._on_resume(trial_id, past.intermediate_values)
+        else:
+            config = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.report(result[self.metric], result[EPOCH])
+        self._note(trial_id, result[self.metric], result[EPOCH])
+        self._record_seconds(trial_id, result)
+        if result.get(CHECKPOINT_DIR_NAME):  # already on storage: the worker uploads it before reporting
+            ot_trial.set_user_attr(CHECKPOINT_ATTR, f"{self.checkpoint_root}/{trial_id}/{result[CHECKPOINT_DIR_NAME]}")
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        result = result or {}
+        step, value = result.get(EPOCH, 0), result.get(self.metric)
+        ot_trial = self._ot_trials[trial_id]
+        if DIVERGED in result:
+            ot_trial.set_user_attr(DIVERGED, result[DIVERGED])
+        # Ray hands a trial's last result (the one ASHA stopped it on, or its max_t epoch) only to
+        # on_trial_complete, never to on_trial_result: record it as the curve's last point too,
+        # or a trial stopped at its first rung reaches Optuna with no value at all.
+        if value is not None and self._last_step.get(trial_id) != step:
+            ot_trial.report(value, step)
+            self._note(trial_id, value, step)
+        self._record_seconds(trial_id, result)
+        if error:  # Ray's OptunaSearch would call an errored trial that had reported COMPLETE
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif value is not None and step >= self.max_t and DIVERGED not in result:
+            self._ot_study.tell(ot_trial, self._best[trial_id])
+        else:  # stopped by ASHA, diverged (last value 0), or ended before its first result: Optuna keeps the last value
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+    def _record_seconds(self, trial_id: str, result: dict) -> None:
+        if "time_total_s" in result:
+            seconds = self._earlier_seconds.get(trial_id, 0.0) + result["time_total_s"]
+            self._ot_trials[trial_id].set_user_attr(SECONDS_ATTR, seconds)
+
+    def _note(self, trial_id: str, value: float, step: int) -> None:
+        self._last_step[trial_id] = step
+        best = self._best.get(trial_id)
+        self._best[trial_id] = value if best is None else (max if self._mode == "max" else min)(best, value)
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rungs can be refilled with curves a previous driver saw, so a resumed study stops
+    trials against the same cutoffs a single uninterrupted run would have used."""
+
+    def __init__(self, *, max_t: int, grace_period: int, reduction_factor: int) -> None:
+        super().__init__(time_attr=EPOCH, metric=SELECTION_METRIC, mode=SELECTION_MODE, max_t=max_t,
+                         grace_period=grace_period, reduction_factor=reduction_factor, brackets=1)
+
+    def replay(self, key: str, curve: Mapping[int, float]) -> None:
+        """Record a curve (epoch -> score) under `key` as if its trial had reported it live."""
+        past = SimpleNamespace(trial_id=key)  # a bracket only reads the trial's id
+        for step in sorted(curve):
+            self._brackets[0].on_result(past, step, self._metric_op * curve[step])

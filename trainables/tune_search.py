@@ -1,0 +1,163 @@
+"""The study under Ray Tune: TPE proposals, ASHA stopping, trials in parallel, resumed where a driver left off.
+
+`run_search` wires the pieces together: the trial function (trainables/trial.py), the resumable
+searcher and scheduler (trainables/searcher.py), the progress lines (trainables/progress.py) and
+the Ray cluster (trainables/ray_cluster.py). Optuna proposes the configs (TPE, define-by-run
+space), ASHA stops weak trials at its rungs (DESIGN §6).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import FrozenTrial, TrialState
+from ray import tune
+from ray.tune.experiment import Trial
+
+from trainables.config import SELECTION_METRIC, SELECTION_MODE
+from trainables.progress import ProgressLines
+from trainables.ray_cluster import init_ray, is_uri, trial_slots
+from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA, last_checkpoint
+from trainables.study import DIVERGED, RERUN_ATTR, STUDY_NAME, study_storage
+from trainables.trial import TrialSetup, run_trial
+
+EXPERIMENT_DIR = "ray"
+PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"  # Tune's limit on trials waiting for an actor (a user's value wins)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How to search: budget, ASHA shape, resources and where Ray keeps its files."""
+
+    trials: int  # the study's whole budget, counting trials an earlier driver already finished
+    max_epochs: int
+    grace_period: int = 1
+    reduction_factor: int = 3
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    seed: int = 0
+    storage_path: str | None = None  # Ray's trial storage (a path or URI all nodes reach); None: the run dir
+    address: str | None = None  # the Ray cluster to join; None: start a local Ray (unless one is running)
+    dashboard: bool = False  # local Ray only: its dashboard, on 127.0.0.1
+
+
+def tpe_sampler(trials: int, seed: int) -> optuna.samplers.TPESampler:
+    """TPE whose random start-up phase fits the budget (Optuna's default of 10 would be all of a small study)."""
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                      n_startup_trials=max(2, min(10, trials // 3)))
+
+
+def experiment_location(run_dir: Path, storage_path: str | None) -> tuple[str, str]:
+    """(storage, experiment name) of the study's Ray experiment: <run dir>/ray, or <storage>/<run name>
+    when the trials write to storage every node reaches (one bucket or share can hold many runs)."""
+    if storage_path is None:
+        return str(run_dir.resolve()), EXPERIMENT_DIR
+    storage = storage_path.rstrip("/") if is_uri(storage_path) else str(Path(storage_path).expanduser().resolve())
+    return storage, run_dir.resolve().name
+
+
+def _trial_dirname(trial: Trial) -> str:
+    """A trial's directory is its id, so a result's checkpoint path is known from the result alone."""
+    return trial.trial_id
+
+
+def settle_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[FrozenTrial], list[FrozenTrial],
+                                                                       list[dict[str, Any]]]:
+    """Close what earlier drivers cannot hand on; return (finished, to continue, configs to rerun).
+
+    Finished trials count against the budget. Interrupted (RUNNING) trials continue under their own
+    numbers, from their last checkpoint or, if they reported nothing yet, from epoch 1. One that
+    reported epochs but whose checkpoint is gone is closed as FAIL (RERUN_ATTR) and its config is
+    queued in the study at once (a WAITING trial, the next one Optuna hands out), so a driver that
+    dies before the rerun starts leaves it queued for the next; the configs are returned too.
+    Interrupted trials beyond the budget (--trials lowered) fail.
+    """
+    past = study.get_trials(deepcopy=False)
+    finished = [t for t in past if t.state.is_finished() and RERUN_ATTR not in t.user_attrs]
+    interrupted = [t for t in past if t.state == TrialState.RUNNING]
+    budget = max(trials - len(finished), 0)
+    for t in interrupted[budget:]:
+        study.tell(t.number, state=TrialState.FAIL)
+    resumed, rerun = [], []
+    for t in interrupted[:budget]:
+        if t.intermediate_values and last_checkpoint(t) is None:
+            optuna.Trial(study, t._trial_id).set_user_attr(RERUN_ATTR, "its checkpoint was gone on resume")
+            study.tell(t.number, state=TrialState.FAIL)
+            study.enqueue_trial(t.params)
+            rerun.append(t.params)
+        else:
+            resumed.append(t)
+    return finished, resumed, rerun
+
+
+def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial], Any],
+               first_points: list[dict[str, float]], settings: SearchSettings,
+               echo: Callable[[str], None] = print, callbacks: Sequence[tune.Callback] = ()) -> None:
+    """Run the study up to its budget: TPE proposals, ASHA stopping, trials in parallel under Ray Tune.
+
+    The study lives in `run_dir/study.db` (optuna-dashboard reads it); Ray's experiment in
+    `run_dir/ray` unless `settings.storage_path` points at storage every node reaches. On a study
+    an earlier driver left unfinished, finished trials stay as they are (TPE learns from them
+    and ASHA's rungs are refilled from their curves), interrupted ones continue from their last
+    checkpoint, and only the rest of the budget is proposed anew.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = study_storage(run_dir)
+    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
+                                direction="maximize" if SELECTION_MODE == "max" else "minimize")
+    past = study.get_trials(deepcopy=False)
+    finished, resumed, rerun = settle_earlier_drivers(study, settings.trials)
+    budget = settings.trials - len(finished)
+    if budget <= 0:
+        return
+    init_ray(settings.address, dashboard=settings.dashboard)
+    if past:
+        echo(f"resume: {len(finished)} finished trials kept, {len(resumed)} interrupted trials continue, "
+             + (f"{len(rerun)} whose checkpoint is gone run again as new trials, " if rerun else "")
+             + f"{budget - len(resumed) - len(rerun)} new")
+    scheduler = ResumableASHA(max_t=settings.max_epochs, grace_period=settings.grace_period,
+                              reduction_factor=settings.reduction_factor)
+    for t in finished:
+        scheduler.replay(f"study-{t.number}", t.intermediate_values)
+    storage_path, name = experiment_location(run_dir, settings.storage_path)
+    if settings.storage_path is None and sum(node["Alive"] for node in ray.nodes()) > 1:
+        echo(f"warning: this Ray cluster has several nodes but no --storage-path: trials on nodes that do not "
+             f"mount {storage_path} will fail to write checkpoints. Give a directory every node mounts or an "
+             "s3:// / gs:// URI.")
+    selectable = [t.intermediate_values for t in finished  # what "best so far" counts from earlier drivers
+                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and DIVERGED not in t.user_attrs]
+    progress = ProgressLines(budget, settings.max_epochs, echo, earlier=selectable,
+                             resumed={t.number: t.intermediate_values for t in resumed})
+
+    searcher = PruningAwareOptunaSearch(
+        space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE, points_to_evaluate=None if past else first_points,
+        sampler=tpe_sampler(settings.trials, settings.seed + len(finished)), study_name=STUDY_NAME,
+        storage=storage, max_t=settings.max_epochs, checkpoint_root=f"{storage_path}/{name}", resume=resumed,
+        on_resume=scheduler.replay)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+                                    {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=budget,
+                                    reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path, verbose=0,
+            callbacks=[progress, *callbacks],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=1)),
+    )
+    # With a searcher Tune keeps one trial pending at a time, so the trials of the first wave start
+    # one actor start-up (seconds: imports, data) after another. Constant-liar TPE proposes well
+    # for trials still pending, so let every slot's trial start at once.
+    ours = PENDING_ENV not in os.environ  # a user's value wins
+    os.environ.setdefault(PENDING_ENV, str(trial_slots(settings.cpus_per_trial, settings.gpus_per_trial)))
+    try:
+        tuner.fit()
+    finally:
+        if ours:
+            del os.environ[PENDING_ENV]
