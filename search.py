@@ -9,8 +9,10 @@ test once -> write the run directory (DESIGN §1-§3).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -22,21 +24,21 @@ from typing import Any
 import pandas as pd
 
 from results import ledger, runlock, tables
-from results.final import (AUTO, TestStageFailed, already_tested, default_top_k, print_final, print_recorded,
-                           retrain_and_test)
-from results.provenance import code_revision, versions
+from results.console import print_final, print_recorded
+from results.final import TestStageFailed, retrain_and_test
+from results.provenance import provenance
+from results.select import select_top
 from spaces import SPACES, OptimiserDefaults, default_config, define_by_run
-from trainables.config import LR_SCHEDULES, RECIPE_FIELDS, fixed_fields
+from trainables.config import LR_SCHEDULES
 from trainables.data import DATASETS, build_dataset, recipe
 from trainables.data.base import DMLDataset
-from trainables.data.splits import ClassSplit, fixed_split, kfold_splits, splits_record
+from trainables.atomic import write_atomic
+from trainables.data.splits import ClassSplit, fixed_split, kfold_splits
 from trainables.losses import LOSSES
 from trainables.models import PRETRAINED_WEIGHTS, fetch_pretrained
+from trainables.run_config import AUTO, FOLDS, PROTOCOLS, SEARCH_FOLDS, RunConfig
 
 LOSS_CHOICES = sorted(set(LOSSES) & set(SPACES))
-PROTOCOLS = ("fixed", "kfold")
-FOLDS = 10  # the thesis's 10-fold cross-validation (DESIGN §4)
-SEARCH_FOLDS = 3  # folds per trial during the search: 3 models per config, not 10
 
 
 def _checked(kind: Callable[[str], Any], ok: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
@@ -52,6 +54,7 @@ def _checked(kind: Callable[[str], Any], ok: Callable[[Any], bool], rule: str) -
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "a whole number of at least 1")
+_reduction = _checked(int, lambda v: v >= 2, "a whole number of at least 2")
 _non_negative_int = _checked(int, lambda v: v >= 0, "a whole number of 0 or more")
 _positive_float = _checked(float, lambda v: v > 0, "greater than 0")
 _non_negative_float = _checked(float, lambda v: v >= 0, "0 or more")
@@ -77,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=_positive_int, default=8, help="number of Optuna/Ray trials")
     p.add_argument("--max-epochs", type=_positive_int, default=10, help="search budget per trial (ASHA max_t)")
     p.add_argument("--grace-period", type=_positive_int, default=1, help="ASHA: epochs before a trial may be stopped")
-    p.add_argument("--reduction-factor", type=_positive_int, default=3, help="ASHA: keep 1/this of trials per rung")
+    p.add_argument("--reduction-factor", type=_reduction, default=3, help="ASHA: keep 1/this of trials per rung")
     p.add_argument("--final-epochs", type=_final_epochs, default=AUTO,
                    help="retrain epochs, or auto: each config's best validation epoch in the search")
     p.add_argument("--top-k", type=_positive_int, help="configs to retrain and test (default: 1 on glyphs, 3 else)")
@@ -124,71 +127,57 @@ class UsageError(ValueError):
     """Bad input found before any work started."""
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse bad input before anything is computed, naming the problem and the fix."""
-    if not 0 < args.val_fraction < 1:
-        raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), but got {args.val_fraction}.")
-    if args.top_k is not None and args.top_k > args.trials:
-        raise UsageError(f"--top-k {args.top_k} exceeds --trials {args.trials}: there are not that many configs.")
-    if args.grace_period > args.max_epochs:
-        raise UsageError(f"--grace-period {args.grace_period} exceeds --max-epochs {args.max_epochs}.")
-    batch_size = args.batch_size or recipe(args.dataset).batch_size
-    if args.m_per_class is not None and args.m_per_class > batch_size:
-        raise UsageError(f"--m-per-class {args.m_per_class} exceeds the batch size {batch_size}; "
-                         "lower it or raise --batch-size.")
-    backbone = args.backbone or recipe(args.dataset).backbone
-    if args.pretrained and backbone not in PRETRAINED_WEIGHTS:
-        raise UsageError(f"--pretrained: backbone {backbone} has no ImageNet weights; choose --backbone from "
+def run_config(args: argparse.Namespace, argv: list[str]) -> RunConfig:
+    """The command line as the run's typed settings, with the dataset's defaults; bad combinations are refused."""
+    given = {k: v for k, v in vars(args).items() if k != "resume"}  # how this driver starts, not a setting
+    if given["out"] is None:
+        given["out"] = Path("runs") / f"{args.loss}-{args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        return RunConfig.resolve(given | {"argv": argv}, recipe(args.dataset))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def check_args(cfg: RunConfig, resume: bool) -> None:
+    """Refuse, before anything is computed, what the settings ask of this machine and --out, naming the fix."""
+    if cfg.pretrained and cfg.backbone not in PRETRAINED_WEIGHTS:
+        raise UsageError(f"--pretrained: backbone {cfg.backbone} has no ImageNet weights; choose --backbone from "
                          f"{sorted(PRETRAINED_WEIGHTS)} or drop --pretrained.")
-    if recipe(args.dataset).needs_root:
-        if not args.data_root:
-            raise UsageError(f"--dataset {args.dataset} is read from disk: give --data-root PATH.")
-        if not Path(args.data_root).expanduser().is_dir():
-            raise UsageError(f"--data-root {args.data_root} is not a directory.")
-    if args.protocol == "fixed" and (args.folds or args.search_folds):
-        raise UsageError("--folds and --search-folds belong to --protocol kfold: add it, or drop them.")
-    folds, searched = fold_counts(args)
-    if args.protocol == "kfold" and folds < 2:
-        raise UsageError(f"--folds must be at least 2 for k-fold validation, but got {folds}.")
-    if searched > folds:
-        raise UsageError(f"--search-folds {searched} exceeds --folds {folds}.")
-    if args.resume and not (args.out / "config.json").exists():
-        raise UsageError(f"--resume: {args.out} holds no run to continue (no config.json); give --out the "
+    if recipe(cfg.dataset).needs_root:
+        if not cfg.data_root:
+            raise UsageError(f"--dataset {cfg.dataset} is read from disk: give --data-root PATH.")
+        if not Path(cfg.data_root).expanduser().is_dir():
+            raise UsageError(f"--data-root {cfg.data_root} is not a directory.")
+    if resume and not (cfg.out / "config.json").exists():
+        raise UsageError(f"--resume: {cfg.out} holds no run to continue (no config.json); give --out the "
                          "directory of the interrupted run.")
-    check_execution(args)
-    out: Path = args.out
+    check_execution(cfg)
+    out = cfg.out
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out):
             pass
     except OSError as err:
         raise UsageError(f"--out {out} cannot be written ({err.strerror}); choose a writable directory.") from err
-    if (out / "config.json").exists() and not args.resume and not ledger.read(out / ledger.LEDGER_NAME):
+    if (out / "config.json").exists() and not resume:
+        ledger.refuse_if_tested(out / ledger.LEDGER_NAME)
         raise UsageError(f"{out} already holds an unfinished study: pass --resume to continue it, "
                          "or choose a new --out.")
 
 
-def fold_counts(args: argparse.Namespace) -> tuple[int, int]:
-    """(K folds, folds a trial searches on); (1, 1) for the fixed split."""
-    if args.protocol != "kfold":
-        return 1, 1
-    folds = args.folds or FOLDS
-    return folds, args.search_folds or min(SEARCH_FOLDS, folds)
-
-
-def check_execution(args: argparse.Namespace) -> None:
+def check_execution(cfg: RunConfig) -> None:
     """Refuse, before any work, resources and places Ray could never run the trials with."""
-    gpus = args.gpus_per_trial
-    if gpus > 1 and not gpus.is_integer():
+    gpus = cfg.gpus_per_trial
+    if gpus > 1 and not float(gpus).is_integer():
         raise UsageError(f"--gpus-per-trial {gpus:g}: Ray packs fractions of one GPU; give a fraction below 1 "
                          "or a whole number of GPUs.")
-    if args.dashboard and args.address:
+    if cfg.dashboard and cfg.address:
         raise UsageError("--dashboard starts the dashboard of a local Ray; a cluster has its own "
                          "(ray dashboard cluster.yaml forwards it). Drop one of --dashboard and --address.")
-    if not args.address:
+    if not cfg.address:
         cpus = os.cpu_count() or 1
-        if args.cpus_per_trial > cpus:
-            raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g} exceeds this machine's {cpus} CPUs: no "
+        if cfg.cpus_per_trial > cpus:
+            raise UsageError(f"--cpus-per-trial {cfg.cpus_per_trial:g} exceeds this machine's {cpus} CPUs: no "
                              "trial could start. Lower it, or run on a cluster with --address.")
         if gpus > 0:
             import torch
@@ -197,100 +186,81 @@ def check_execution(args: argparse.Namespace) -> None:
             if gpus > local:
                 raise UsageError(f"--gpus-per-trial {gpus:g} but this machine has {local} CUDA GPUs: no trial "
                                  "could start. Use --gpus-per-trial 0, or run on a GPU cluster with --address.")
-    if args.address or args.storage_path or args.dashboard:
+    if cfg.address or cfg.storage_path or cfg.dashboard:
         from trainables import ray_cluster
 
         try:
-            if args.storage_path:
-                ray_cluster.check_storage_path(args.storage_path)
-            if args.dashboard:
+            if cfg.storage_path:
+                ray_cluster.check_storage_path(cfg.storage_path)
+            if cfg.dashboard:
                 ray_cluster.check_dashboard()
-            if args.address:
-                ray_cluster.check_address(args.address)
+            if cfg.address:
+                ray_cluster.check_address(cfg.address)
         except ValueError as err:
             raise UsageError(str(err)) from None
 
 
-def resolve(args: argparse.Namespace) -> dict[str, Any]:
-    """Fill per-dataset defaults into the command line: this is what config.json records."""
-    rec = recipe(args.dataset)
-    resolved = vars(args) | {
-        "backbone": args.backbone or rec.backbone, "image_size": args.image_size or rec.image_size,
-        "embedding_size": args.embedding_size or rec.embedding_size, "batch_size": args.batch_size or rec.batch_size,
-        "top_k": args.top_k or default_top_k(args.dataset, args.trials), "lr": rec.lr, "ks": list(rec.ks),
-        "out": str(args.out),
-    }
-    if args.protocol == "kfold":
-        resolved["folds"], resolved["search_folds"] = fold_counts(args)
-    for name in RECIPE_FIELDS:  # the dataset's training recipe where no flag was given (0 and False are flags)
-        if resolved[name] is None:
-            resolved[name] = getattr(rec, name)
-    if resolved["workers"] is None:
-        resolved["workers"] = max(0, int(args.cpus_per_trial) - 1)  # the trial's other CPUs decode images
-    return resolved
-
-
-def search_stage(run_dir: Path, cfg: dict[str, Any], folds: list[ClassSplit], echo: Any) -> pd.DataFrame:
+def search_stage(run_dir: Path, cfg: RunConfig, folds: list[ClassSplit], echo: Any) -> pd.DataFrame:
     """Run (or finish) the study and write trials.parquet; the test classes are never opened.
 
-    A study an earlier driver left unfinished is continued (ray_tune.run_search): its finished
+    A study an earlier driver left unfinished is continued (tune_search.run_search): its finished
     trials are kept, interrupted ones continue from their last checkpoint, the rest are new.
     """
     from trainables.trial import TrialSetup
     from trainables.tune_search import SearchSettings, run_search
 
-    defaults = OptimiserDefaults(lr=cfg["lr"])
-    searched = folds[:cfg.get("search_folds", 1)]
-    setup = TrialSetup(loss=cfg["loss"], dataset=cfg["dataset"], data_root=cfg["data_root"],
-                       image_size=cfg["image_size"], folds=tuple(searched), ks=tuple(cfg["ks"]),
-                       fixed=fixed_fields(cfg) | {"epochs": cfg["max_epochs"]},
-                       threads=max(1, int(cfg["cpus_per_trial"])))
-    settings = SearchSettings(trials=cfg["trials"], max_epochs=cfg["max_epochs"], grace_period=cfg["grace_period"],
-                              reduction_factor=cfg["reduction_factor"], cpus_per_trial=cfg["cpus_per_trial"],
-                              gpus_per_trial=cfg["gpus_per_trial"], seed=cfg["seed"],
-                              storage_path=cfg["storage_path"], address=cfg["address"], dashboard=cfg["dashboard"])
+    defaults = OptimiserDefaults(lr=cfg.lr)
+    searched = folds[:cfg.search_folds or 1]
+    setup = TrialSetup(loss=cfg.loss, dataset=cfg.dataset, data_root=cfg.data_root,
+                       image_size=cfg.image_size, folds=tuple(searched), ks=cfg.ks,
+                       fixed=cfg.train_fields() | {"epochs": cfg.max_epochs},
+                       threads=max(1, int(cfg.cpus_per_trial)))
+    settings = SearchSettings(trials=cfg.trials, max_epochs=cfg.max_epochs, grace_period=cfg.grace_period,
+                              reduction_factor=cfg.reduction_factor, cpus_per_trial=cfg.cpus_per_trial,
+                              gpus_per_trial=cfg.gpus_per_trial, seed=cfg.seed,
+                              storage_path=cfg.storage_path, address=cfg.address, dashboard=cfg.dashboard)
     scored = f"mean validation R@1 over {len(searched)} of {len(folds)} folds" if len(folds) > 1 else "validation R@1"
-    echo(f"search: {cfg['trials']} trials of {cfg['loss']} (first: the paper's defaults), "
-         f"up to {cfg['max_epochs']} epochs each, scored by {scored}, ASHA grace {cfg['grace_period']}, "
-         f"reduction {cfg['reduction_factor']}")
-    run_search(run_dir, setup, define_by_run(cfg["loss"], defaults), [default_config(cfg["loss"], defaults)],
+    echo(f"search: {cfg.trials} trials of {cfg.loss} (first: the paper's defaults), "
+         f"up to {cfg.max_epochs} epochs each, scored by {scored}, ASHA grace {cfg.grace_period}, "
+         f"reduction {cfg.reduction_factor}")
+    run_search(run_dir, setup, define_by_run(cfg.loss, defaults), [default_config(cfg.loss, defaults)],
                settings, echo)
-    trials = tables.trials_frame(tables.load_study(run_dir), cfg["max_epochs"])
+    trials = tables.trials_frame(tables.load_study(run_dir), cfg.max_epochs)
     tables.write(trials, run_dir / "trials.parquet")
     return trials
 
 
-def run(args: argparse.Namespace, argv: list[str], echo: Any = print) -> int:
-    """Drive the run in args.out (check_args made it) while holding its lock: one driver per run directory."""
-    with runlock.held(args.out):
-        return _drive(args, argv, echo)
+def run(cfg: RunConfig, resume: bool, echo: Any = print) -> int:
+    """Drive the run in cfg.out (check_args made it) while holding its lock: one driver per run directory."""
+    with runlock.held(cfg.out):
+        return _drive(cfg, resume, echo)
 
 
-def _drive(args: argparse.Namespace, argv: list[str], echo: Any) -> int:
+def _drive(cfg: RunConfig, resume: bool, echo: Any) -> int:
     from results.report import REPORT_NAME, write_report  # matplotlib: loaded when a run gets this far, not for --help
 
-    run_dir: Path = args.out
-    recorded = ledger.read(run_dir / ledger.LEDGER_NAME)
-    if recorded and not args.resume:
-        raise already_tested(run_dir / ledger.LEDGER_NAME, recorded)
-    if recorded:  # --resume of a finished run: show what stands
-        print_recorded(run_dir, recorded, echo)
+    run_dir = cfg.out
+    ledger_path = run_dir / ledger.LEDGER_NAME
+    recorded = ledger.read(ledger_path)
+    if not resume:
+        ledger.refuse_if_tested(ledger_path, recorded)
+    elif recorded:  # --resume of a finished run: show what stands
+        print_recorded(ledger_path, recorded, echo)
         if not (run_dir / REPORT_NAME).exists():
             echo(f"report: {write_report(run_dir)}")
         return 0
-    cfg = resolve(args) | {"argv": argv}
-    if cfg["pretrained"]:  # downloaded here, once, so parallel trials read the cache instead of racing for it
-        cfg["pretrained_weights"] = fetch_pretrained(cfg["backbone"])
-    elif cfg["warmup_epochs"] or cfg["freeze_bn"]:
-        echo(f"note: warm-up and frozen BatchNorm are meant for a pretrained backbone, but {cfg['backbone']} "
-             "starts from random weights: add --pretrained, or --warmup-epochs 0 --no-freeze-bn")
     started = time.perf_counter()
-    dataset = build_dataset(cfg["dataset"], cfg["data_root"], cfg["image_size"])
+    dataset = open_dataset(cfg)  # a --data-root of another layout is refused before any download or note
+    if cfg.pretrained:  # downloaded here, once, so parallel trials read the cache instead of racing for it
+        cfg = dataclasses.replace(cfg, pretrained_weights=fetch_pretrained(cfg.backbone))
+    elif cfg.warmup_epochs or cfg.freeze_bn:
+        echo(f"note: warm-up and frozen BatchNorm are meant for a pretrained backbone, but {cfg.backbone} "
+             "starts from random weights: add --pretrained, or --warmup-epochs 0 --no-freeze-bn")
     folds = validation_splits(dataset, cfg)
     split = folds[0]  # what the retrain needs: its fit + val classes are all the training classes
     held_out = (f"{len(split.fit)} fit / {len(split.val)} validation classes" if len(folds) == 1 else
-                f"{len(folds)} folds of ~{len(split.val)} validation classes ({cfg['search_folds']} searched)")
-    echo(f"dmltune: {cfg['loss']} on {cfg['dataset']}: {held_out} (seed {cfg['seed']}), "
+                f"{len(folds)} folds of ~{len(split.val)} validation classes ({cfg.search_folds} searched)")
+    echo(f"dmltune: {cfg.loss} on {cfg.dataset}: {held_out} (seed {cfg.seed}), "
          f"{len(dataset.test_classes)} test classes kept closed until the end")
     write_config(run_dir, cfg, dataset, folds, echo)
 
@@ -298,38 +268,50 @@ def _drive(args: argparse.Namespace, argv: list[str], echo: Any) -> int:
     counts = trials["state"].value_counts().to_dict()
     echo(f"search done: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
          f"{int(trials['epochs'].sum())} trial-epochs")
-    selected = tables.select_top(trials, cfg["top_k"])
+    selected = select_top(trials, cfg.top_k)
     final = retrain_and_test(run_dir, cfg, dataset, folds, selected, echo)
 
     echo(f"\nbest of {len(trials)} trials by validation Recall@1, retrained on all {len(split.fit) + len(split.val)} "
          f"training classes, tested once on {len(dataset.test_classes)} test classes (Recall in %):")
-    print_final(final, cfg["ks"], echo)
+    print_final(final, list(cfg.ks), echo)
     echo(f"\nreport: {write_report(run_dir)}")
     echo(f"run directory: {run_dir}  (config.json, study.db, trials.parquet, final/, final.parquet, "
          f"test_ledger.jsonl, ray/)  in {time.perf_counter() - started:.0f}s")
     return 0
 
 
-def validation_splits(dataset: DMLDataset, cfg: dict[str, Any]) -> list[ClassSplit]:
-    """The fixed split, or all K folds (the search trains on the first --search-folds of them)."""
-    if cfg["protocol"] != "kfold":
-        return [fixed_split(dataset.train_classes, cfg["val_fraction"], cfg["seed"])]
+def open_dataset(cfg: RunConfig) -> DMLDataset:
+    """The run's dataset; a --data-root whose files do not have the dataset's layout is bad input, not a crash."""
     try:
-        return kfold_splits(dataset.train_classes, cfg["folds"], cfg["seed"])
+        return build_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    except FileNotFoundError as err:  # the loader names the file it expected and the layout
+        raise UsageError(f"--data-root {cfg.data_root}: {_without_citation(str(err))}") from None
+
+
+def _without_citation(message: str) -> str:
+    """A loader's message without its design-document reference, which users cannot open."""
+    return re.sub(r" ?\(DESIGN §\d+\)", "", message)
+
+
+def validation_splits(dataset: DMLDataset, cfg: RunConfig) -> list[ClassSplit]:
+    """The fixed split, or all K folds (the search trains on the first --search-folds of them)."""
+    if cfg.protocol != "kfold":
+        return [fixed_split(dataset.train_classes, cfg.val_fraction, cfg.seed)]
+    try:
+        return kfold_splits(dataset.train_classes, cfg.folds, cfg.seed)
     except ValueError as err:
-        raise UsageError(f"--folds {cfg['folds']} does not fit {cfg['dataset']}: {err}") from None
+        raise UsageError(f"--folds {cfg.folds} does not fit {cfg.dataset}: {err}") from None
 
 
-def write_config(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds: list[ClassSplit],
+def write_config(run_dir: Path, cfg: RunConfig, dataset: DMLDataset, folds: list[ClassSplit],
                  echo: Any = print) -> None:
-    """config.json: the resolved command line, versions, dataset fingerprint and every split's class ids.
+    """config.json: the run's settings, versions, dataset fingerprint and every split's class ids.
 
     `--resume` needs the splits and the training half's data unchanged; the test half may have been
     repaired (a corrupt image that stopped the test stage), which the ledger then records.
     """
     path = run_dir / "config.json"
-    payload = {"command": cfg, "versions": versions(), "code": code_revision(),
-               "dataset": dataset.fingerprint(), "split": splits_record(folds, dataset.test_classes)}
+    payload = {"command": cfg.to_json(), **provenance(dataset, folds)}
     if path.exists():
         before = json.loads(path.read_text())
         old, new = before["dataset"], payload["dataset"]
@@ -343,18 +325,16 @@ def write_config(run_dir: Path, cfg: dict[str, Any], dataset: DMLDataset, folds:
             echo("note: the test half's files changed since this run began; the search, selection and retrain "
                  "used only the training half, which is unchanged. The ledger records the data as tested.")
         return
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=True)))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    if args.out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        args.out = Path("runs") / f"{args.loss}-{args.dataset}-{stamp}"
     try:
-        check_args(args)
-        return run(args, argv)
+        cfg = run_config(args, argv)
+        check_args(cfg, args.resume)
+        return run(cfg, args.resume)
     except (UsageError, ledger.TestAlreadyRecorded, runlock.RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

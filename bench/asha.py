@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import search  # noqa: E402
-from results import report, tables  # noqa: E402
+from results import report_data, tables  # noqa: E402
 from trainables.config import SELECTION_METRIC  # noqa: E402
+from trainables.run_config import RunConfig  # noqa: E402
 
 CURVE = f"{SELECTION_METRIC}_curve"
 TARGET_GAP = 0.01  # one Recall@1 point below the best full-budget validation score
@@ -71,7 +72,8 @@ def read_arm(out: Path) -> dict:
     """What the comparison needs from a finished run directory."""
     table = pd.read_parquet(out / "trials.parquet")
     final = pd.read_parquet(out / "final.parquet")
-    defaults = report.defaults_trial(tables.load_study(out), json.loads((out / "config.json").read_text())["command"])
+    cmd = RunConfig.from_json(json.loads((out / "config.json").read_text())["command"])
+    defaults = report_data.defaults_trial(tables.load_study(out), cmd)
     return {"trials": table, "defaults": defaults, "epochs": int(table["epochs"].sum()),
             "best_val": float(table[f"best_{SELECTION_METRIC}"].max()), "test_r1": float(final["test_recall@1"].mean())}
 

@@ -110,17 +110,19 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
 def glyph_trials(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
     """(recipe, data set, split, fixed TrainConfig fields) of the searched glyph trials: the search and the floor alike."""
-    from trainables.config import fixed_fields
+    from trainables.config import RECIPE_FIELDS
     from trainables.data import build_dataset, recipe
     from trainables.data.splits import fixed_split
 
     rec = recipe("glyphs")
     dataset = build_dataset("glyphs", None, rec.image_size)
     split = fixed_split(dataset.train_classes, 0.1, args.seed)
-    cfg = {"batch_size": rec.batch_size, "embedding_size": rec.embedding_size, "backbone": rec.backbone,
-           "seed": args.seed, "m_per_class": None, "grad_clip": 10.0, "pretrained": False, "workers": 0,
-           **{k: getattr(rec, k) for k in ("warmup_epochs", "freeze_bn", "lr_schedule", "lr_step", "lr_gamma")}}
-    return rec, dataset, split, fixed_fields(cfg) | {"epochs": args.max_epochs}
+    # search.py's defaults on glyphs (RunConfig.train_fields), written out: importing search.py would add
+    # the CLI's imports to the floor, which a trial never pays.
+    fixed = {"batch_size": rec.batch_size, "embedding_size": rec.embedding_size, "backbone": rec.backbone,
+             "seed": args.seed, "m_per_class": None, "grad_clip": 10.0, "pretrained": False, "num_workers": 0,
+             **{k: getattr(rec, k) for k in RECIPE_FIELDS}}
+    return rec, dataset, split, fixed | {"epochs": args.max_epochs}
 
 
 def floor_child(args: argparse.Namespace) -> float:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from results.console import recorded_text
+
 LEDGER_NAME = "test_ledger.jsonl"
 
 
@@ -29,6 +31,14 @@ class TestAlreadyRecorded(RuntimeError):
             "to prevent. The recorded result stands (--resume prints it); start a new study (a new --out) "
             "to test a new choice." + (f"\nRecorded result (Recall in %):\n{recorded}" if recorded else "")
         )
+
+
+def refuse_if_tested(path: Path, entries: list[dict[str, Any]] | None = None) -> None:
+    """Refuse a second look at the test set: raise TestAlreadyRecorded, showing the result that stands,
+    if the ledger at `path` (or `entries`, read from it under its lock) holds an evaluation."""
+    entries = read(path) if entries is None else entries
+    if entries:
+        raise TestAlreadyRecorded(path, entries, recorded_text(entries))
 
 
 def read(path: Path) -> list[dict[str, Any]]:

@@ -1,14 +1,26 @@
-"""What a result needs to be reproduced: library versions and the code revision."""
+"""What a result needs to be reproduced: library versions, the code revision, the data and its splits."""
 from __future__ import annotations
 
 import importlib.metadata
 import platform
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from trainables.data.splits import ClassSplit, splits_record
+
+if TYPE_CHECKING:
+    from trainables.data.base import DMLDataset
 
 _PACKAGES = ("dmltune", "torch", "torchvision", "ray", "optuna", "pytorch-metric-learning", "faiss-cpu",
              "faiss-gpu", "numpy", "pandas")
+
+
+def provenance(dataset: DMLDataset, folds: Sequence[ClassSplit]) -> dict[str, Any]:
+    """The record config.json and every ledger entry carry: versions, code, data fingerprint, every split's ids."""
+    return {"versions": versions(), "code": code_revision(), "dataset": dataset.fingerprint(),
+            "split": splits_record(folds, dataset.test_classes)}
 
 
 def versions() -> dict[str, str]:

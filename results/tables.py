@@ -5,12 +5,14 @@ a restarted driver, and each trial's per-epoch validation Recall@1 is its interm
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
 
+from trainables.atomic import write_atomic
 from trainables.config import SELECTION_METRIC
 from trainables.study import DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, STUDY_NAME, study_url
 
@@ -40,38 +42,32 @@ def trials_frame(study: optuna.Study, max_epochs: int) -> pd.DataFrame:
             "best_epoch": (curve.index(max(curve)) + 1) if curve else None,
             f"{SELECTION_METRIC}_curve": curve,
             "seconds": t.user_attrs.get(SECONDS_ATTR),  # on its workers, over every driver
-            **{f"param_{k}": v for k, v in t.params.items()},
+            **param_cells(t.params),
         })
     return pd.DataFrame(rows)
 
 
+PARAM_PREFIX = "param_"  # a searched parameter's column: param_<name>
+
+
 def param_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith("param_")]
+    return [c for c in frame.columns if c.startswith(PARAM_PREFIX)]
 
 
-def ranked(trials: pd.DataFrame) -> pd.DataFrame:
-    """The trials selection may choose, in its order: by validation Recall@1, full-budget trials first.
-
-    A pruned trial never showed how it does at the full schedule, so it ranks below every trial that
-    reached it. Failed and unfinished trials, and trials whose loss diverged within the search budget
-    (their retrain would too), are left out. The report shows this rank, so it is the selection's.
-    """
-    best = f"best_{SELECTION_METRIC}"
-    usable = trials[trials["state"].isin(["complete", "pruned"]) & trials[best].notna() & trials[DIVERGED].isna()]
-    return usable.sort_values(["full_budget", best, "number"], ascending=[False, False, True])
+def param_cells(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A searched point as a row's param_<name> cells."""
+    return {f"{PARAM_PREFIX}{k}": v for k, v in params.items()}
 
 
-def select_top(trials: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The k best trials in `ranked` order (a pruned trial only when fewer than k ran the full budget)."""
-    order = ranked(trials)
-    if order.empty:
-        raise RuntimeError("No trial can be selected: every trial failed, diverged or is unfinished. "
-                           "See the trial logs under the run directory's ray/ folder.")
-    return order.head(k)
+def row_params(row: pd.Series) -> dict[str, Any]:
+    """The searched point of one trials/final row by parameter name, without the ones it lacks (NaN cells)."""
+    return {k.removeprefix(PARAM_PREFIX): v for k, v in row.items() if k.startswith(PARAM_PREFIX) and pd.notna(v)}
+
+
+def param_names(frame: pd.DataFrame) -> list[str]:
+    return [c.removeprefix(PARAM_PREFIX) for c in param_columns(frame)]
 
 
 def write(frame: pd.DataFrame, path: Path) -> None:
     """Write atomically, so an interrupted run never leaves a truncated table behind."""
-    tmp = path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))

@@ -88,3 +88,14 @@ def test_a_dashboard_without_its_packages_is_refused_with_the_install_line(capsy
     except ImportError:
         pass
     assert "pip install 'ray[default]'" in _refused(["--dashboard"], capsys, tmp_path)
+
+
+def test_a_data_root_of_another_layout_is_one_line_naming_the_missing_file(capsys, tmp_path) -> None:
+    root = tmp_path / "not-cub"
+    (root / "images").mkdir(parents=True)  # a folder of images, without CUB's list files
+    assert search.main(["--loss", "ms", "--dataset", "cub", "--data-root", str(root),
+                        "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --data-root {root}: ") and len(err.strip().splitlines()) == 1
+    assert "images.txt" in err and "Layout:" in err and "DESIGN" not in err
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -21,6 +21,7 @@ from ray_helpers import IMAGE_SIZE, LOSS, ResultLog, glyph_setup, logged_results
 
 import search
 from results import tables
+from results.select import select_top
 from trainables.config import SELECTION_METRIC
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA
 from trainables.study import CHECKPOINT_ATTR, DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, study_storage
@@ -87,7 +88,7 @@ def test_a_diverging_config_ends_with_its_reason_and_is_never_selected(faulty_st
     assert "nan" in diverged[DIVERGED].lower() and "epoch 1" in diverged[DIVERGED]
     assert diverged["state"] == "pruned" and list(diverged[f"{SELECTION_METRIC}_curve"]) == [0.0]
     assert trials.loc[trials["param_lr"] != ABSURD_LR, DIVERGED].isna().all()
-    assert ABSURD_LR not in set(tables.select_top(trials, 3)["param_lr"])
+    assert ABSURD_LR not in set(select_top(trials, 3)["param_lr"])
 
 
 def test_replayed_rungs_stop_a_trial_the_uninterrupted_run_would_stop() -> None:

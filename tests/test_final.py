@@ -7,20 +7,22 @@ import pytest
 
 import search
 from results import final, ledger
-from results.final import AUTO, default_top_k, final_epochs, print_final, retrain_and_test
+from results.console import print_final
+from results.final import final_epochs, retrain_and_test
 from trainables.config import SELECTION_METRIC
 from trainables.data import base
 from trainables.data.images import ImageReadError
 from trainables.data.splits import ClassSplit, fixed_split
+from trainables.run_config import AUTO, RunConfig, default_top_k
 
 PARAMS = {"param_lr": 1e-3, "param_weight_decay": 1e-4, "param_proxy_lr": 1e-1, "param_margin": 0.1,
           "param_alpha": 32.0}
 
 
-def final_cfg(tmp_path, *flags: str) -> dict:
+def final_cfg(tmp_path, *flags: str) -> RunConfig:
     argv = ["--loss", "proxy_anchor", "--backbone", "glyphcnn", "--batch-size", "16", "--embedding-size", "8",
             "--out", str(tmp_path), *flags]
-    return search.resolve(search.build_parser().parse_args(argv)) | {"argv": argv}
+    return search.run_config(search.build_parser().parse_args(argv), argv)
 
 
 def selected(best_epoch: int = 2) -> pd.DataFrame:

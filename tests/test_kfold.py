@@ -23,7 +23,7 @@ def _args(tmp_path, *extra: str):
 
 
 def test_config_records_every_folds_class_ids_and_the_retrain_gets_all_training_classes(tmp_path) -> None:
-    cfg = search.resolve(_args(tmp_path)) | {"argv": []}
+    cfg = search.run_config(_args(tmp_path), [])
     dataset = build_dataset("glyphs", None, IMAGE_SIZE)
     folds = search.validation_splits(dataset, cfg)
     search.write_config(tmp_path, cfg, dataset, folds)

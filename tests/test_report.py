@@ -7,7 +7,10 @@ import html
 import io
 import json
 import re
+import subprocess
+import sys
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -16,9 +19,10 @@ import pytest
 from optuna.trial import TrialState
 
 import search
-from results import final, ledger, report, tables
+from results import console, ledger, report, report_data, report_figures, report_sections, select, tables
 from spaces import OptimiserDefaults, default_config, define_by_run
 from trainables.config import SELECTION_METRIC
+from trainables.run_config import RunConfig
 from trainables.study import DIVERGED, RERUN_ATTR, SECONDS_ATTR
 
 MAX_EPOCHS = 6
@@ -65,7 +69,7 @@ def write_run(out, trials: list[tuple[str, int]], tested: bool = True, trials_fl
     out.mkdir(parents=True, exist_ok=True)
     argv = ["--loss", "proxy_anchor", "--trials", str(trials_flag or len(trials)), "--max-epochs", str(MAX_EPOCHS),
             "--seeds", "2", "--top-k", "2", "--out", str(out)]
-    cmd = search.resolve(search.build_parser().parse_args(argv)) | {"argv": argv}
+    cmd = search.run_config(search.build_parser().parse_args(argv), argv).to_json()
     split = {"fit": list(range(0, 103)), "val": list(range(103, 114)), "test": list(range(114, 228))}
     (out / "config.json").write_text(json.dumps({
         "command": cmd, "versions": {"torch": "2", "optuna": optuna.__version__}, "code": None, "split": split,
@@ -91,14 +95,15 @@ def write_run(out, trials: list[tuple[str, int]], tested: bool = True, trials_fl
             datetime_start=None if waiting else begin,
             datetime_complete=begin + timedelta(seconds=1 + 10 * epochs) if state.is_finished() else None,
             user_attrs=({DIVERGED: REASON} if kind == "diverged" else {RERUN_ATTR: "gone"} if kind == "rerun" else {})
-            | ({} if waiting else {SECONDS_ATTR: 1.0 + 10 * epochs}), system_attrs={}))
+            | ({} if waiting else {SECONDS_ATTR: 1.0 + 10 * epochs})
+            | ({report_data.PAPER_DEFAULTS_ATTR: True} if number == 0 else {}), system_attrs={}))
     if not tested:
         return
     frame = tables.trials_frame(study, MAX_EPOCHS)
-    selected = tables.select_top(frame, 2)
+    selected = select.select_top(frame, 2)
     entries, rows = [], []
     for rank, (_, trial) in enumerate(selected.iterrows(), 1):
-        params = {c.removeprefix("param_"): trial[c] for c in tables.param_columns(selected)}
+        params = tables.row_params(trial)
         for seed, r1 in enumerate(R1_TESTED[rank]):
             metrics = {"recall@1": r1, "recall@2": r1 + 0.1, "recall@4": r1 + 0.2, "recall@8": r1 + 0.25,
                        "map@r": r1 / 3, "r_precision": r1 / 2}
@@ -163,11 +168,11 @@ def test_cost_counts_the_epochs_asha_saved(page) -> None:
 
 
 def test_pruned_trials_are_drawn_dashed_and_grey(run_dir) -> None:
-    run = report.load(run_dir)
-    fig = report.curves_figure(run)
+    run = report_data.load(run_dir)
+    fig = report_figures.curves_figure(run)
     styles = {(line.get_linestyle(), line.get_color()) for line in fig.axes[0].lines if len(line.get_xdata()) > 0}
-    assert ("--", report.STATE_STYLE["pruned"]["color"]) in styles
-    assert ("-", report.STATE_STYLE["complete"]["color"]) in styles
+    assert ("--", report_figures.STATE_STYLE["pruned"]["color"]) in styles
+    assert ("-", report_figures.STATE_STYLE["complete"]["color"]) in styles
 
 
 def test_report_command_on_a_small_untested_study_writes_notes_instead_of_failing(tmp_path, capsys) -> None:
@@ -200,10 +205,10 @@ MIXED = ([("diverged", 2)] + [("complete", MAX_EPOCHS)] * 4 + [("pruned", 1), ("
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory) -> report.Run:
+def mixed(tmp_path_factory) -> report_data.Run:
     out = tmp_path_factory.mktemp("mixed") / "run"
     write_run(out, MIXED, tested=False, trials_flag=8)
-    return report.load(out)
+    return report_data.load(out)
 
 
 def _legend_labels(fig) -> set[str]:
@@ -211,41 +216,41 @@ def _legend_labels(fig) -> set[str]:
     return {text.get_text() for legend in legends for text in legend.get_texts()}
 
 
-def _figures(run: report.Run) -> dict:
-    return {"history": report.history_figure(run), "curves": report.curves_figure(run),
-            "slices": report.slices_figure(run)}
+def _figures(run: report_data.Run) -> dict:
+    return {"history": report_figures.history_figure(run), "curves": report_figures.curves_figure(run),
+            "slices": report_figures.slices_figure(run)}
 
 
 def test_diverged_trials_are_shown_as_diverged_with_their_reason_not_as_pruned(mixed) -> None:
     for name, fig in _figures(mixed).items():
         labels = _legend_labels(fig)
-        assert report.STATE_STYLE["diverged"]["label"] in labels, name
-    curves = report.curves_figure(mixed)
-    assert report.STATE_STYLE["diverged"]["color"] in {line.get_color() for line in curves.axes[0].lines}
-    text = report.defaults_paragraph(mixed)
+        assert report_figures.STATE_STYLE["diverged"]["label"] in labels, name
+    curves = report_figures.curves_figure(mixed)
+    assert report_figures.STATE_STYLE["diverged"]["color"] in {line.get_color() for line in curves.axes[0].lines}
+    text = report_sections.defaults_paragraph(mixed)
     assert "diverged" in text and html.escape(REASON) in text and "pruned" not in text
 
 
 def test_unfinished_and_failed_trials_have_a_style_and_a_legend_entry_in_every_plot(mixed) -> None:
     for name, fig in _figures(mixed).items():
         labels = _legend_labels(fig)
-        assert {report.STATE_STYLE[s]["label"] for s in ("unfinished", "failed")} <= labels, name
+        assert {report_figures.STATE_STYLE[s]["label"] for s in ("unfinished", "failed")} <= labels, name
     # Only failed trials stand at 0 in the history (no score); unfinished ones without a score are named instead.
-    history = report.history_figure(mixed).axes[0]
+    history = report_figures.history_figure(mixed).axes[0]
     at_zero = [point for c in history.collections for point in c.get_offsets() if point[1] == 0]
     assert [point[0] for point in at_zero] == [9]
     assert "trial(s) 12 (unfinished), 13 (unfinished)" in report.render(mixed)
 
 
 def test_curves_use_each_states_style(mixed) -> None:
-    styles = {(line.get_linestyle(), line.get_color()) for line in report.curves_figure(mixed).axes[0].lines}
+    styles = {(line.get_linestyle(), line.get_color()) for line in report_figures.curves_figure(mixed).axes[0].lines}
     for state in ("complete", "pruned", "diverged", "unfinished", "failed"):
-        style = report.STATE_STYLE[state]
+        style = report_figures.STATE_STYLE[state]
         assert (style["ls"], style["color"]) in styles, state
 
 
 def test_cost_counts_only_trials_that_finished_normally_as_asha_savings(mixed) -> None:
-    table = report.cost_table(mixed)
+    table = report_sections.cost_table(mixed)
     ran = sum(epochs for _, epochs in MIXED)
     normal = [epochs for kind, epochs in MIXED if kind in ("complete", "pruned")]
     full = len(normal) * MAX_EPOCHS
@@ -257,28 +262,74 @@ def test_cost_counts_only_trials_that_finished_normally_as_asha_savings(mixed) -
 
 
 def test_protocol_counts_the_trials_in_the_study_not_the_commands_trials(mixed) -> None:
-    assert f"<b>Search</b>: {len(MIXED) - 1} configs" in report.protocol_paragraph(mixed)  # a rerun is one config
+    assert f"<b>Search</b>: {len(MIXED) - 1} configs" in report_sections.protocol_paragraph(mixed)  # a rerun is one config
 
 
 def test_the_defaults_rank_is_their_selection_rank(tmp_path) -> None:
     trials = [("pruned", 3)] + [("complete", MAX_EPOCHS)] * 3 + [("pruned", 1), ("failed", 2), ("diverged", 4)]
     write_run(tmp_path / "run", trials, tested=False)
-    run = report.load(tmp_path / "run")
-    order = list(tables.ranked(run.trials)["number"])
+    run = report_data.load(tmp_path / "run")
+    order = list(select.ranked(run.trials)["number"])
     assert sorted(order[:3]) == [1, 2, 3]  # the full-budget trials first
-    assert f"rank {order.index(0) + 1} of {len(order)} " in report.defaults_paragraph(run)
+    assert f"rank {order.index(0) + 1} of {len(order)} " in report_sections.defaults_paragraph(run)
 
 
 def test_final_table_shows_every_test_metric_and_escapes_parameter_names(run_dir) -> None:
-    run = report.load(run_dir)
+    run = report_data.load(run_dir)
     entries = [e | {"params": e["params"] | {"w<b>": 0.5}} for e in run.entries]
-    table = report.final_table(dataclasses.replace(run, entries=entries, tested=final.ledger_frame(entries)))
+    table = report_sections.final_table(dataclasses.replace(run, entries=entries, tested=console.ledger_frame(entries)))
     assert "<th>test MAP@R</th>" in table and "<th>test R-Precision</th>" in table
     assert "w&lt;b&gt;=0.5" in table and "w<b>" not in table
 
 
 def test_the_protocol_names_the_data_as_tested(run_dir, tmp_path) -> None:
-    assert TESTED_DATA["sha256_16"] in report.protocol_paragraph(report.load(run_dir))
+    assert TESTED_DATA["sha256_16"] in report_sections.protocol_paragraph(report_data.load(run_dir))
     untested = tmp_path / "run"
     write_run(untested, kinds(3, 3), tested=False)
-    assert "0123456789abcdef" in report.protocol_paragraph(report.load(untested))  # config.json's, before any test
+    assert "0123456789abcdef" in report_sections.protocol_paragraph(report_data.load(untested))  # config.json's, before any test
+
+
+def _cmd() -> RunConfig:
+    argv = ["--loss", "proxy_anchor"]
+    return search.run_config(search.build_parser().parse_args(argv), argv)
+
+
+def _study(*trials: tuple[dict, dict]) -> optuna.Study:
+    """An in-memory study of complete trials, each (params, user attributes)."""
+    study = optuna.create_study(direction="maximize")
+    dists = _distributions()
+    for params, attrs in trials:
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=0.5, user_attrs=attrs))
+    return study
+
+
+def test_the_defaults_trial_is_the_one_the_search_tagged_not_the_one_with_equal_numbers() -> None:
+    defaults = default_config("proxy_anchor", OptimiserDefaults(lr=1e-3))
+    other = {name: _point(d, 0.3) for name, d in _distributions().items()}
+    tagged = _study((defaults, {}), (other, {report_data.PAPER_DEFAULTS_ATTR: True}))
+    assert report_data.defaults_trial(tagged, _cmd()) == 1
+
+
+def test_a_study_from_before_the_tag_finds_the_defaults_by_their_values() -> None:
+    defaults = default_config("proxy_anchor", OptimiserDefaults(lr=1e-3))
+    other = {name: _point(d, 0.3) for name, d in _distributions().items()}
+    assert report_data.defaults_trial(_study((other, {}), (defaults, {})), _cmd()) == 1
+    assert report_data.defaults_trial(_study((other, {})), _cmd()) is None
+
+
+def test_a_config_json_from_another_version_is_refused_naming_the_keys(tmp_path, capsys) -> None:
+    write_run(tmp_path / "run", kinds(complete=1, pruned=1), tested=False)
+    path = tmp_path / "run" / "config.json"
+    config = json.loads(path.read_text())
+    del config["command"]["workers"]
+    path.write_text(json.dumps(config))
+    assert report.main([str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'workers'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_report_formats_text_without_loading_torch() -> None:
+    probe = "import results.report, sys; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip() == "False"

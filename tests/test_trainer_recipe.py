@@ -10,7 +10,8 @@ from torch import nn
 
 import search
 from data_fixtures import write_cub
-from trainables.config import TrainConfig, fixed_fields
+from trainables.config import TrainConfig
+from trainables.run_config import RunConfig
 from trainables.data import build_dataset
 from trainables.data.base import InMemoryImages
 from trainables.models import fetch_pretrained
@@ -125,10 +126,10 @@ def test_bad_recipe_values_are_named_with_the_value(field: str, value: object) -
         _cfg(**{field: value})
 
 
-def _resolved(*flags: str, dataset: str = "glyphs") -> dict:
+def _resolved(*flags: str, dataset: str = "glyphs") -> RunConfig:
     argv = ["--loss", "proxy_anchor", "--dataset", dataset, *(["--data-root", "."] if dataset != "glyphs" else []),
             *flags]
-    return search.resolve(search.build_parser().parse_args(argv))
+    return search.run_config(search.build_parser().parse_args(argv), argv)
 
 
 @pytest.mark.parametrize("dataset,expected", [
@@ -139,18 +140,18 @@ def _resolved(*flags: str, dataset: str = "glyphs") -> dict:
     ("inshop", {"warmup_epochs": 1, "freeze_bn": False, "lr_schedule": "step", "lr_step": 20, "lr_gamma": 0.25}),
 ])
 def test_each_dataset_defaults_to_its_recipe_and_it_reaches_the_train_config(dataset: str, expected: dict) -> None:
-    tc = TrainConfig(loss="proxy_anchor", **fixed_fields(_resolved(dataset=dataset)))
+    tc = TrainConfig(loss="proxy_anchor", **_resolved(dataset=dataset).train_fields())
     assert {k: getattr(tc, k) for k in expected} == expected
     assert (tc.grad_clip, tc.pretrained, tc.num_workers, tc.m_per_class) == (10.0, False, 0, None)
 
 
 def test_flags_override_the_recipe_even_with_zero_and_false() -> None:
-    tc = TrainConfig(loss="proxy_anchor", **fixed_fields(_resolved(
+    tc = TrainConfig(loss="proxy_anchor", **_resolved(
         "--warmup-epochs", "0", "--no-freeze-bn", "--lr-schedule", "cosine", "--grad-clip", "0", "--m-per-class", "0",
-        "--workers", "3", "--pretrained", dataset="cub")))
+        "--workers", "3", "--pretrained", dataset="cub").train_fields())
     assert (tc.warmup_epochs, tc.freeze_bn, tc.lr_schedule, tc.grad_clip, tc.m_per_class) == (0, False, "cosine", 0, 0)
     assert tc.num_workers == 3 and tc.pretrained
-    assert _resolved("--cpus-per-trial", "4")["workers"] == 3  # the trial's CPUs but the training loop's
+    assert _resolved("--cpus-per-trial", "4").workers == 3  # the trial's CPUs but the training loop's
 
 
 @pytest.mark.parametrize("flags,named", [

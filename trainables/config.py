@@ -77,14 +77,6 @@ class TrainConfig:
         return optim | dict(self.loss_params)
 
 
-def fixed_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """TrainConfig fields the search does not vary, from the resolved command line (search.resolve)."""
-    return {"batch_size": cfg["batch_size"], "embedding_size": cfg["embedding_size"],
-            "backbone": cfg["backbone"], "seed": cfg["seed"], "m_per_class": cfg["m_per_class"],
-            "grad_clip": cfg["grad_clip"], "pretrained": cfg["pretrained"], "num_workers": cfg["workers"],
-            **{k: cfg[k] for k in RECIPE_FIELDS}}
-
-
 def learned_fields(config: Mapping[str, Any]) -> dict[str, Any]:
     """A config (TrainConfig.to_dict()) without its runtime fields: what determines the trained weights."""
     return {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
