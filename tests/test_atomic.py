@@ -24,3 +24,10 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path) -> 
     with pytest.raises(KeyboardInterrupt):
         write_atomic(path, half_then_fail)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["table.txt"]
+
+
+def test_the_file_gets_the_permissions_a_plain_write_gives(tmp_path) -> None:
+    plain, atomic = tmp_path / "plain.txt", tmp_path / "atomic.txt"
+    plain.write_text("x")
+    write_atomic(atomic, lambda tmp: tmp.write_text("x"))
+    assert atomic.stat().st_mode == plain.stat().st_mode
