@@ -160,8 +160,15 @@ def test_retrain_and_test_on_gpu_tasks_give_the_drivers_results(two_gpu_nodes, b
         lines: list[str] = []
         final = retrain_and_test(run_dir, cfg, blobs, [split], selected(best_epoch=2), echo=lines.append)
         assert len(ledger.read(run_dir / ledger.LEDGER_NAME)) == 2 and len(lines) == 2
-        results[gpus] = final.filter(like="test_").to_numpy()
-    np.testing.assert_array_equal(results["0"], results["0.5"])
+        results[gpus] = final.filter(like="test_")
+    # Same configs, seeds and epochs: the retrieval ranks agree exactly. The driver runs its jobs on
+    # every core and a task on its one CPU, so float sums run in another order; on this 2-core machine
+    # a near-tie moved one test MAP@R by 7e-5. A retrain with another seed or epoch count moves it by
+    # far more than the tolerance.
+    recalls = [c for c in results["0"] if c.startswith("test_recall@")]
+    assert recalls
+    np.testing.assert_array_equal(results["0"][recalls].to_numpy(), results["0.5"][recalls].to_numpy())
+    np.testing.assert_allclose(results["0"].to_numpy(), results["0.5"].to_numpy(), rtol=0, atol=1e-3)
 
 
 def test_a_local_ray_starts_no_idle_workers_that_no_trial_can_use() -> None:
