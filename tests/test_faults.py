@@ -24,7 +24,8 @@ from results import tables
 from results.select import select_top
 from trainables.config import SELECTION_METRIC
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA
-from trainables.study import CHECKPOINT_ATTR, DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, study_storage
+from trainables.study import (CHECKPOINT_ATTR, DIVERGED, PAPER_DEFAULTS_ATTR, RAY_TRIAL_ID_ATTR, RERUN_ATTR,
+                               SECONDS_ATTR, study_storage)
 from trainables.trial import EPOCH, RESUME_KEY
 from trainables.tune_search import SearchSettings, run_search, settle_earlier_drivers, tpe_sampler
 
@@ -82,6 +83,17 @@ def test_no_trial_is_lost_and_none_failed(faulty_study) -> None:
     assert set(trials["state"]) <= {"complete", "pruned"}
 
 
+def paper_defaults_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(PAPER_DEFAULTS_ATTR) is True]
+
+
+def test_the_paper_defaults_trial_is_tagged_and_no_other(faulty_study) -> None:
+    """The first of two first points is tagged; the second (the absurd lr) is queued the same way but untagged."""
+    (tagged,) = paper_defaults_trials(faulty_study.study)
+    assert tagged.params == paper_point() and tagged.number == 0
+    assert all(PAPER_DEFAULTS_ATTR not in t.user_attrs for t in faulty_study.study.trials if t.number != 0)
+
+
 def test_a_diverging_config_ends_with_its_reason_and_is_never_selected(faulty_study) -> None:
     trials = faulty_study.trials
     diverged = trials[trials["param_lr"] == ABSURD_LR].iloc[0]
@@ -104,6 +116,13 @@ def test_replayed_rungs_stop_a_trial_the_uninterrupted_run_would_stop() -> None:
         decisions.append(scheduler.on_trial_result(None, newcomer, {EPOCH: 1, SELECTION_METRIC: 0.75}))
     # 0.75 is below the rung's 2/3 quantile of (0.9, 0.8, 0.7); an empty rung stops nothing.
     assert decisions == [TrialScheduler.STOP, TrialScheduler.CONTINUE]
+
+
+def test_a_reduction_factor_below_2_is_refused_before_study_db_is_written(tmp_path) -> None:
+    with pytest.raises(ValueError, match="at least 2.*but got 1"):
+        run_search(tmp_path, glyph_setup(MAX_EPOCHS), space(), [paper_point()],
+                   SearchSettings(trials=2, max_epochs=MAX_EPOCHS, reduction_factor=1), echo=lambda line: None)
+    assert not (tmp_path / "study.db").exists()
 
 
 def test_an_interrupted_study_trial_is_handed_out_again_under_its_number(tmp_path) -> None:
@@ -141,6 +160,7 @@ def test_an_interrupted_trial_whose_checkpoint_is_gone_runs_again_as_a_new_trial
     study.tell(study.ask({"lr": lr}), 0.4)  # finished
     lost = study.ask({"lr": lr})  # reported epoch 1, but its checkpoint was deleted since
     lost.report(0.5, 1)
+    lost.set_user_attr(PAPER_DEFAULTS_ATTR, True)  # it ran the paper's defaults: its rerun takes the tag
     lost.set_user_attr(CHECKPOINT_ATTR, str(tmp_path / "ray" / "gone" / "checkpoint_000000"))
     kept_dir = tmp_path / "ray" / "kept" / "checkpoint_000000"
     kept_dir.mkdir(parents=True)
@@ -162,6 +182,8 @@ def test_an_interrupted_trial_whose_checkpoint_is_gone_runs_again_as_a_new_trial
     # the next trial the study hands out (here to a later driver) is the lost one's config.
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
     assert study.ask({"lr": lr}).params == closed.params
+    assert closed.user_attrs[PAPER_DEFAULTS_ATTR] is False
+    assert [t.number for t in paper_defaults_trials(study)] == [len(study.trials) - 1]
 
 
 def _snapshot(run_dir: Path) -> dict[int, optuna.trial.FrozenTrial]:
@@ -240,4 +262,6 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_a_trial(tmp_path, c
     assert f"continues interrupted study trial {number} from its last checkpoint" in out
     # The searcher went on from the same study: the paper's point was proposed once, not again.
     assert sum(t.params == paper_point() for t in after.values()) == 1
+    (tagged,) = paper_defaults_trials(tables.load_study(run_dir))  # the tag survived the resume, on that trial
+    assert tagged.params == paper_point()
     assert "already tested" not in out and (run_dir / "final.parquet").exists()

@@ -20,6 +20,7 @@ import ray
 import torch
 
 from trainables.data.base import DMLDataset
+from trainables.private_api import auto_address, skip_worker_prestart
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def check_address(address: str, timeout_s: float = 3.0) -> None:
 
     Raises ValueError naming the address and what to do.
     """
-    from ray._private.services import canonicalize_bootstrap_address_or_die
-
     if address.startswith("ray://"):
         # Under Ray Client, Tune runs the search on the cluster: study.db, the run directory and the
         # progress lines would all be on the head node, not here.
@@ -111,7 +110,7 @@ def check_address(address: str, timeout_s: float = 3.0) -> None:
     target = address
     if target == "auto":
         try:  # Ray's own lookup: RAY_ADDRESS, then the cluster `ray start` last recorded on this machine
-            target = canonicalize_bootstrap_address_or_die("auto")
+            target = auto_address()
         except ConnectionError as err:
             raise ValueError(f"--address auto found no running Ray cluster on this machine ({err}). "
                              "Start one (ray start --head, or ray up cluster.yaml and run on its head), "
@@ -181,10 +180,7 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
         return
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local single-user Ray: no token file
-        # Ray prestarts one idle worker per CPU for the first driver, but no trial lands on one:
-        # Tune gives its trainables a runtime env, which only new workers match. Starting them
-        # costs 0.7-1 s of a 2-core machine's ray.init, and they are killed unused.
-        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+        skip_worker_prestart()
     context = ray.init(**ray_init_kwargs(address, num_cpus, dashboard))
     if dashboard and context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}")

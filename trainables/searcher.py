@@ -14,14 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-import optuna
 import pyarrow.fs
 from optuna.trial import FrozenTrial, TrialState
-from ray.train.constants import CHECKPOINT_DIR_NAME
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.config import SELECTION_METRIC, SELECTION_MODE
+from trainables.private_api import adopt_trial, reopen_trial, reported_checkpoint_dir, searcher_study, searcher_trial
 from trainables.study import CHECKPOINT_ATTR, DIVERGED, RAY_TRIAL_ID_ATTR, SECONDS_ATTR
 from trainables.trial import EPOCH, RESUME_KEY
 
@@ -66,12 +65,12 @@ class PruningAwareOptunaSearch(OptunaSearch):
         self._last_step: dict[str, int] = {}  # Ray trial id -> last epoch reported to Optuna
         self._best: dict[str, float] = {}  # Ray trial id -> best value reported to Optuna
         self._earlier_seconds: dict[str, float] = {}  # Ray trial id -> seconds earlier drivers ran its study trial
+        self._told: set[str] = set()  # Ray trial ids already told to Optuna: a told trial takes no more reports
 
     def suggest(self, trial_id: str) -> dict | None:
         if self._resume:
             past = self._resume.pop(0)
-            # Optuna has no public call that reopens a RUNNING trial; Study.ask reopens WAITING ones this way.
-            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, past._trial_id)
+            adopt_trial(self, trial_id, reopen_trial(searcher_study(self), past))
             checkpoint = last_checkpoint(past)
             config = dict(past.params) | {RESUME_KEY: {"trial": past.number} | ({"checkpoint": checkpoint}
                                                                                  if checkpoint else {})}
@@ -82,25 +81,25 @@ class PruningAwareOptunaSearch(OptunaSearch):
                 self._on_resume(trial_id, past.intermediate_values)
         else:
             config = super().suggest(trial_id)
-        self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        searcher_trial(self, trial_id).set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials:
+        if trial_id in self._told:
             return
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial = searcher_trial(self, trial_id)
         ot_trial.report(result[self.metric], result[EPOCH])
         self._note(trial_id, result[self.metric], result[EPOCH])
         self._record_seconds(trial_id, result)
-        if result.get(CHECKPOINT_DIR_NAME):  # already on storage: the worker uploads it before reporting
-            ot_trial.set_user_attr(CHECKPOINT_ATTR, f"{self.checkpoint_root}/{trial_id}/{result[CHECKPOINT_DIR_NAME]}")
+        if checkpoint := reported_checkpoint_dir(result):  # already on storage: the worker uploads it before reporting
+            ot_trial.set_user_attr(CHECKPOINT_ATTR, f"{self.checkpoint_root}/{trial_id}/{checkpoint}")
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials:
+        if trial_id in self._told:
             return
         result = result or {}
         step, value = result.get(EPOCH, 0), result.get(self.metric)
-        ot_trial = self._ot_trials[trial_id]
+        ot_trial, study = searcher_trial(self, trial_id), searcher_study(self)
         if DIVERGED in result:
             ot_trial.set_user_attr(DIVERGED, result[DIVERGED])
         # Ray hands a trial's last result (the one ASHA stopped it on, or its max_t epoch) only to
@@ -111,22 +110,22 @@ class PruningAwareOptunaSearch(OptunaSearch):
             self._note(trial_id, value, step)
         self._record_seconds(trial_id, result)
         if error:  # Ray's OptunaSearch would call an errored trial that had reported COMPLETE
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            study.tell(ot_trial, state=TrialState.FAIL)
         elif value is not None and step >= self.max_t and DIVERGED not in result:
-            self._ot_study.tell(ot_trial, self._best[trial_id])
+            study.tell(ot_trial, self._best[trial_id])
         else:  # stopped by ASHA, diverged (last value 0), or ended before its first result: Optuna keeps the last value
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+            study.tell(ot_trial, state=TrialState.PRUNED)
+        self._told.add(trial_id)
 
     def _record_seconds(self, trial_id: str, result: dict) -> None:
         if "time_total_s" in result:
             seconds = self._earlier_seconds.get(trial_id, 0.0) + result["time_total_s"]
-            self._ot_trials[trial_id].set_user_attr(SECONDS_ATTR, seconds)
+            searcher_trial(self, trial_id).set_user_attr(SECONDS_ATTR, seconds)
 
     def _note(self, trial_id: str, value: float, step: int) -> None:
         self._last_step[trial_id] = step
         best = self._best.get(trial_id)
-        self._best[trial_id] = value if best is None else (max if self._mode == "max" else min)(best, value)
+        self._best[trial_id] = value if best is None else (max if self.mode == "max" else min)(best, value)
 
 
 class ResumableASHA(ASHAScheduler):
@@ -134,11 +133,23 @@ class ResumableASHA(ASHAScheduler):
     trials against the same cutoffs a single uninterrupted run would have used."""
 
     def __init__(self, *, max_t: int, grace_period: int, reduction_factor: int) -> None:
+        if reduction_factor < 2:  # Ray's own check is an assert, and rungs need a factor that shrinks
+            raise ValueError(f"ASHA's reduction factor must be at least 2 (each rung keeps 1 in that many trials), "
+                             f"but got {reduction_factor}.")
         super().__init__(time_attr=EPOCH, metric=SELECTION_METRIC, mode=SELECTION_MODE, max_t=max_t,
                          grace_period=grace_period, reduction_factor=reduction_factor, brackets=1)
 
     def replay(self, key: str, curve: Mapping[int, float]) -> None:
-        """Record a curve (epoch -> score) under `key` as if its trial had reported it live."""
-        past = SimpleNamespace(trial_id=key)  # a bracket only reads the trial's id
-        for step in sorted(curve):
-            self._brackets[0].on_result(past, step, self._metric_op * curve[step])
+        """Record a curve (epoch -> score) under `key` as if its trial had reported it live.
+
+        Through the scheduler's public hooks in Tune's order: every epoch but the last as a result,
+        the last as the trial's end (ASHA records a full-budget epoch only there).
+        """
+        if not curve:
+            return
+        past = SimpleNamespace(trial_id=key)  # ASHA reads only the trial's id
+        *earlier, last = sorted(curve)
+        self.on_trial_add(None, past)
+        for step in earlier:
+            self.on_trial_result(None, past, {EPOCH: step, SELECTION_METRIC: curve[step]})
+        self.on_trial_complete(None, past, {EPOCH: last, SELECTION_METRIC: curve[last]})

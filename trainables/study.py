@@ -27,9 +27,9 @@ SECONDS_ATTR = "seconds"
 RERUN_ATTR = "rerun"
 # User attribute: where the trial's latest checkpoint is (a local path or a storage URI).
 CHECKPOINT_ATTR = "checkpoint"
-# User attribute (True) of the trial that ran the paper's defaults, the first point of a fresh study:
-# the report compares the search against it, and a tag survives where matching numbers would not
-# (a space that rounds, a config run again under a new number).
+# User attribute of the trial that ran the paper's defaults, the first point of a fresh study: the
+# report compares the search against it. True on exactly one trial; when that trial is closed as a
+# rerun (RERUN_ATTR), its tag is set to False and its rerun carries True.
 PAPER_DEFAULTS_ATTR = "paper_defaults"
 
 

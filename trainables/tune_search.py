@@ -20,10 +20,11 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from trainables.config import SELECTION_METRIC, SELECTION_MODE
+from trainables.private_api import reopen_trial
 from trainables.progress import ProgressLines
 from trainables.ray_cluster import init_ray, is_uri, trial_slots
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA, last_checkpoint
-from trainables.study import DIVERGED, RERUN_ATTR, STUDY_NAME, study_storage
+from trainables.study import DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, STUDY_NAME, study_storage
 from trainables.trial import TrialSetup, run_trial
 
 EXPERIMENT_DIR = "ray"
@@ -74,7 +75,8 @@ def settle_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[Froze
     numbers, from their last checkpoint or, if they reported nothing yet, from epoch 1. One that
     reported epochs but whose checkpoint is gone is closed as FAIL (RERUN_ATTR) and its config is
     queued in the study at once (a WAITING trial, the next one Optuna hands out), so a driver that
-    dies before the rerun starts leaves it queued for the next; the configs are returned too.
+    dies before the rerun starts leaves it queued for the next; the configs are returned too. The
+    paper-defaults tag moves to the rerun (the closed trial's is set to False): one trial carries it.
     Interrupted trials beyond the budget (--trials lowered) fail.
     """
     past = study.get_trials(deepcopy=False)
@@ -86,9 +88,13 @@ def settle_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[Froze
     resumed, rerun = [], []
     for t in interrupted[:budget]:
         if t.intermediate_values and last_checkpoint(t) is None:
-            optuna.Trial(study, t._trial_id).set_user_attr(RERUN_ATTR, "its checkpoint was gone on resume")
+            closed = reopen_trial(study, t)
+            closed.set_user_attr(RERUN_ATTR, "its checkpoint was gone on resume")
+            tag = {PAPER_DEFAULTS_ATTR: True} if t.user_attrs.get(PAPER_DEFAULTS_ATTR) else None
+            if tag:
+                closed.set_user_attr(PAPER_DEFAULTS_ATTR, False)
             study.tell(t.number, state=TrialState.FAIL)
-            study.enqueue_trial(t.params)
+            study.enqueue_trial(t.params, user_attrs=tag)
             rerun.append(t.params)
         else:
             resumed.append(t)
@@ -105,7 +111,13 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     an earlier driver left unfinished, finished trials stay as they are (TPE learns from them
     and ASHA's rungs are refilled from their curves), interrupted ones continue from their last
     checkpoint, and only the rest of the budget is proposed anew.
+
+    A fresh study runs `first_points` first, in order; the first is the paper's defaults and its
+    trial carries the user attribute PAPER_DEFAULTS_ATTR, which the report compares the search with.
     """
+    # Refused before study.db or Ray is touched: ASHA's own check is an assert deep in Tune's start-up.
+    scheduler = ResumableASHA(max_t=settings.max_epochs, grace_period=settings.grace_period,
+                              reduction_factor=settings.reduction_factor)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = study_storage(run_dir)
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
@@ -120,8 +132,6 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
         echo(f"resume: {len(finished)} finished trials kept, {len(resumed)} interrupted trials continue, "
              + (f"{len(rerun)} whose checkpoint is gone run again as new trials, " if rerun else "")
              + f"{budget - len(resumed) - len(rerun)} new")
-    scheduler = ResumableASHA(max_t=settings.max_epochs, grace_period=settings.grace_period,
-                              reduction_factor=settings.reduction_factor)
     for t in finished:
         scheduler.replay(f"study-{t.number}", t.intermediate_values)
     storage_path, name = experiment_location(run_dir, settings.storage_path)
@@ -134,8 +144,11 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     progress = ProgressLines(budget, settings.max_epochs, echo, earlier=selectable,
                              resumed={t.number: t.intermediate_values for t in resumed})
 
+    if not past:  # queued in study.db, where the tag goes with the point (OptunaSearch's own queue takes none)
+        for i, point in enumerate(first_points):
+            study.enqueue_trial(point, user_attrs={PAPER_DEFAULTS_ATTR: True} if i == 0 else None)
     searcher = PruningAwareOptunaSearch(
-        space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE, points_to_evaluate=None if past else first_points,
+        space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE,
         sampler=tpe_sampler(settings.trials, settings.seed + len(finished)), study_name=STUDY_NAME,
         storage=storage, max_t=settings.max_epochs, checkpoint_root=f"{storage_path}/{name}", resume=resumed,
         on_resume=scheduler.replay)
