@@ -13,11 +13,8 @@ import pandas as pd
 from results import ledger, tables
 from results.console import ledger_frame
 from spaces import OptimiserDefaults, default_config
-from trainables.study import DIVERGED, STUDY_FILE
 from trainables.run_config import RunConfig
-
-# Optuna user attribute (True) of the trial that ran the paper's defaults, set when the search enqueues it.
-PAPER_DEFAULTS_ATTR = "paper_defaults"  # TODO(lead): import from trainables.study
+from trainables.study import DIVERGED, PAPER_DEFAULTS_ATTR, STUDY_FILE
 
 
 @dataclass
@@ -79,7 +76,7 @@ def defaults_trial(study: optuna.Study, cmd: RunConfig) -> int | None:
     defaults is taken (the search enqueues them first).
     """
     trials = study.get_trials(deepcopy=False)
-    if tagged := [t.number for t in trials if t.user_attrs.get(PAPER_DEFAULTS_ATTR)]:
+    if tagged := [t.number for t in trials if t.user_attrs.get(PAPER_DEFAULTS_ATTR) is True]:
         return tagged[0]
     defaults = default_config(cmd.loss, OptimiserDefaults(lr=cmd.lr))
     for t in trials:

@@ -23,7 +23,7 @@ from results import console, ledger, report, report_data, report_figures, report
 from spaces import OptimiserDefaults, default_config, define_by_run
 from trainables.config import SELECTION_METRIC
 from trainables.run_config import RunConfig
-from trainables.study import DIVERGED, RERUN_ATTR, SECONDS_ATTR
+from trainables.study import DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, SECONDS_ATTR
 
 MAX_EPOCHS = 6
 R1_TESTED = {1: [0.612, 0.634], 2: [0.581, 0.590]}  # config rank -> test R@1 per seed
@@ -96,7 +96,7 @@ def write_run(out, trials: list[tuple[str, int]], tested: bool = True, trials_fl
             datetime_complete=begin + timedelta(seconds=1 + 10 * epochs) if state.is_finished() else None,
             user_attrs=({DIVERGED: REASON} if kind == "diverged" else {RERUN_ATTR: "gone"} if kind == "rerun" else {})
             | ({} if waiting else {SECONDS_ATTR: 1.0 + 10 * epochs})
-            | ({report_data.PAPER_DEFAULTS_ATTR: True} if number == 0 else {}), system_attrs={}))
+            | ({PAPER_DEFAULTS_ATTR: True} if number == 0 else {}), system_attrs={}))
     if not tested:
         return
     frame = tables.trials_frame(study, MAX_EPOCHS)
@@ -306,7 +306,7 @@ def _study(*trials: tuple[dict, dict]) -> optuna.Study:
 def test_the_defaults_trial_is_the_one_the_search_tagged_not_the_one_with_equal_numbers() -> None:
     defaults = default_config("proxy_anchor", OptimiserDefaults(lr=1e-3))
     other = {name: _point(d, 0.3) for name, d in _distributions().items()}
-    tagged = _study((defaults, {}), (other, {report_data.PAPER_DEFAULTS_ATTR: True}))
+    tagged = _study((defaults, {}), (other, {PAPER_DEFAULTS_ATTR: True}))
     assert report_data.defaults_trial(tagged, _cmd()) == 1
 
 
