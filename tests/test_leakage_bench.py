@@ -105,3 +105,18 @@ def test_bad_sizes_are_refused_with_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         leakage.main(["--configs", "1"])
     assert exit_.value.code == 2 and "configs at least 2" in capsys.readouterr().err
+
+
+def test_a_saved_run_prints_the_table_and_ends_with_the_optimism_line(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for s in range(2):  # [configs, epochs] and [configs, partitions, (A, B), epochs]
+        arrays[f"val{s}"], arrays[f"test{s}"] = rng.uniform(0.8, 0.9, (3, 4)), rng.uniform(0.8, 0.9, (3, 5, 2, 4))
+    np.savez(tmp_path / "curves.npz", **arrays)
+    leakage.main(["--load", str(tmp_path / "curves.npz")])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [leakage.select(arrays[f"val{s}"], arrays[f"test{s}"]) for s in range(2)]
+    leaky = np.mean([r.leaky_a - r.leaky_b for seed in rows for r in seed])
+    ours = np.mean([r.ours_a - r.ours_b for seed in rows for r in seed])
+    assert "10 (seed, partition) pairs" in "\n".join(lines)
+    assert lines[-1] == f"optimism leaky={leaky:.2f} ours={ours:.2f}"
