@@ -95,7 +95,7 @@ def propose(loss: str, n: int, seed: int) -> list[dict[str, float]]:
         trial = study.ask()
         space(trial)
         points.append(dict(trial.params))
-    return points[:n]
+    return points
 
 
 def partitions(test_classes: np.ndarray, count: int, seed: int) -> tuple[tuple[int, ...], ...]:
@@ -165,8 +165,13 @@ class Outcome:
 
 
 def select(val: np.ndarray, test: np.ndarray) -> list[Outcome]:
-    """Both protocols' choices for every partition. val: [configs, epochs]; test: [configs, partitions, 2, epochs]."""
-    ours = best(val)
+    """Both protocols' choices for every partition. val: [configs, epochs]; test: [configs, partitions, 2, epochs].
+
+    A config whose validation run diverged is never retrained by the product, so ours skips all of
+    its epochs; the leaky protocol keeps the best A-epoch before a divergence, as a saved best
+    checkpoint would.
+    """
+    ours = best(np.where(np.isnan(val).any(axis=1, keepdims=True), np.nan, val))
     rows = []
     for p in range(test.shape[1]):
         leaky = best(test[:, p, 0])

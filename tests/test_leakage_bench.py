@@ -73,11 +73,12 @@ def test_proposals_start_at_the_papers_defaults_and_follow_the_seed() -> None:
 
 
 def test_each_protocol_selects_on_its_own_scores_only() -> None:
-    val = np.array([[0.5, 0.9, np.nan], [0.6, 0.7, 0.8]])  # ours: config 0, epoch 1; NaN (diverged) never wins
+    val = np.array([[0.5, 0.7, 0.6], [0.6, 0.9, np.nan]])  # ours: config 0, epoch 1 (config 1 diverged)
     test = np.zeros((2, 2, 2, 3))  # [configs, partitions, (A, B), epochs]
     test[1, 0, 0, 2] = 0.95  # partition 0: A's best is config 1, epoch 2
     test[0, 1, 0, 0] = 0.97  # partition 1: config 0, epoch 0
     test[0, :, 1, 1] = 0.5  # B of ours' choice
+    test[1, 1, 0, 2] = np.nan  # a divergence in the all-classes run: that epoch never wins
     test[1, :, 1, 0] = 0.99  # B's best, which nothing may choose
     rows = leakage.select(val, test)
     assert [r.leaky for r in rows] == [(1, 2), (0, 0)] and {r.ours for r in rows} == {(0, 1)}
