@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ from trainables.data.augment import center_box, crop_boxes, normalize, resize_cr
 from trainables.data.base import DMLDataset, user_cache_dir
 from trainables.data.images import FileDataset, ImageReadError, load_rgb
 
+# The share of a node's object store the data may take: trials' results, checkpoints in transit and the
+# final stage's models pass through the same store.
+STORE_SHARE = 0.8
 FORMAT_VERSION = 1  # of the cached files; a change to how images are decoded or laid out bumps it
 CHANNELS = 3
 
@@ -156,9 +160,33 @@ class PackedDataset(DMLDataset):
         return dict(self._source_fingerprint)
 
 
+class DataTooLarge(ValueError):
+    """The decoded data does not fit a node's Ray object store; the message says what to change."""
+
+
+def check_fits(nbytes: int, stores: dict[str, float], what: str) -> None:
+    """Refuse data larger than STORE_SHARE of the smallest object store (`stores`: node -> bytes).
+
+    Every node that runs a trial or task holds one copy, and the driver's node the original.
+    """
+    if not stores:
+        return
+    node, smallest = min(stores.items(), key=lambda kv: kv[1])
+    if nbytes > STORE_SHARE * smallest:
+        raise DataTooLarge(
+            f"{what} takes {nbytes / 1e9:.2f} GB as decoded uint8, but the Ray object store of node {node} holds "
+            f"{smallest / 1e9:.2f} GB and the data may fill at most {STORE_SHARE:.0%} of it. Give every node a store "
+            f"of at least {nbytes / STORE_SHARE / 1e9:.1f} GB (ray start --object-store-memory=BYTES; cluster.yaml "
+            "sets it for SOP), or lower --image-size.")
+
+
 def half_items(dataset: DMLDataset, test: bool) -> np.ndarray:
     """Item indices of the test half, or of the training half."""
     return np.flatnonzero(np.isin(dataset.labels, dataset.test_classes if test else dataset.train_classes))
+
+
+# FileDataset -> {test: its PackedDataset}: the search and the final stage get the same object (one put).
+_packed: weakref.WeakKeyDictionary[FileDataset, dict[bool, PackedDataset]] = weakref.WeakKeyDictionary()
 
 
 def for_workers(dataset: DMLDataset, test: bool = False, echo: Callable[[str], None] | None = None) -> DMLDataset:
@@ -170,6 +198,13 @@ def for_workers(dataset: DMLDataset, test: bool = False, echo: Callable[[str], N
     """
     if not isinstance(dataset, FileDataset):
         return dataset
+    known = _packed.setdefault(dataset, {})
+    if test not in known:
+        known[test] = _pack_half(dataset, test, echo)
+    return known[test]
+
+
+def _pack_half(dataset: FileDataset, test: bool, echo: Callable[[str], None] | None) -> PackedDataset:
     items = half_items(dataset, test)
     fingerprint = dataset.fingerprint()
     digest = fingerprint["sha256_16" if test else "train_sha256_16"]
