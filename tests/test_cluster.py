@@ -1,6 +1,8 @@
-"""Cluster scale: cluster.yaml passes Ray's own validation; trials spread over nodes and pack onto GPUs."""
+"""Cluster scale: cluster.yaml passes Ray's own validation; trials spread over nodes and pack onto GPUs;
+only the driver reads --data-root."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -9,11 +11,13 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import conftest
 import numpy as np
+import pandas as pd
 import pytest
 import ray
 import torch
@@ -21,9 +25,11 @@ import yaml
 from ray import cloudpickle, tune
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.cluster_utils import Cluster
+from data_fixtures import write_cub
 from ray_helpers import ResultLog, glyph_setup, space
 from test_final import final_cfg, selected
 
+import search
 from results import ledger
 from results.final import retrain_and_test
 from trainables.data.splits import fixed_split
@@ -182,3 +188,72 @@ def test_a_local_ray_starts_no_idle_workers_that_no_trial_can_use() -> None:
                           start_new_session=True)  # its own session: ps sees only its Ray
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "0"
+
+
+def forbid_root(root: str) -> Callable[[], None]:
+    """A Ray worker setup hook: any open or listing of a path under `root` raises PermissionError there.
+
+    The driver (this process) is no Ray worker, so it alone may read the data, as on a real cluster
+    whose GPU workers do not have the folder.
+    """
+    def install() -> None:
+        prefix = os.path.join(os.path.realpath(root), "")
+
+        def audit(event: str, args: tuple) -> None:
+            if event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, bytes, Path)):
+                path = os.path.realpath(os.fsdecode(args[0]))
+                if os.path.join(path, "").startswith(prefix):
+                    raise PermissionError(f"a Ray worker opened {path}, under the data root")
+
+        sys.addaudithook(audit)
+    return install
+
+
+@contextlib.contextmanager
+def workers_without(cluster: Cluster, root: Path) -> Iterator[None]:
+    """This module's cluster, joined again by a driver whose worker processes cannot read `root`."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.shutdown()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env={"worker_process_setup_hook": forbid_root(str(root))})
+    try:
+        with pytest.raises(PermissionError):  # the guard holds in a worker
+            ray.get(ray.remote(lambda: (root / "images.txt").read_text()).remote())
+        yield
+    finally:
+        ray.shutdown()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+
+
+def cub_argv(root: Path, out: Path, cluster: Cluster) -> list[str]:
+    return ["--loss", "proxy_anchor", "--dataset", "cub", "--data-root", str(root), "--trials", "2",
+            "--max-epochs", "1", "--backbone", "resnet18", "--image-size", "32", "--embedding-size", "16",
+            "--batch-size", "12", "--address", cluster.address, "--storage-path", str(out.parent / "storage"),
+            "--out", str(out)]
+
+
+def test_trials_and_final_stage_tasks_never_open_the_data_root(two_gpu_nodes, tmp_path, capsys) -> None:
+    root = tmp_path / "cub"
+    write_cub(root, classes=(1, 2, 3, 4, 5, 6, 101, 102, 103), per_class=6)
+    out = tmp_path / "run"
+    with workers_without(two_gpu_nodes, root):
+        assert search.main(cub_argv(root, out, two_gpu_nodes)) == 0, capsys.readouterr().err
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 2 and set(trials["state"]) <= {"complete", "pruned"}
+    entries = ledger.read(out / ledger.LEDGER_NAME)
+    assert len(entries) == 2 and all(0 <= e["metrics"]["recall@1"] <= 1 for e in entries)
+
+
+def test_a_search_whose_trials_all_fail_ends_with_the_first_error_and_its_log(two_gpu_nodes, tmp_path, capsys,
+                                                                              monkeypatch) -> None:
+    root = tmp_path / "cub"
+    write_cub(root, classes=(1, 2, 3, 4, 5, 6, 101, 102, 103), per_class=3)
+    out = tmp_path / "run"
+    monkeypatch.setattr(search, "trial_data", lambda dataset, echo: None)  # trials read the files, as before
+    with workers_without(two_gpu_nodes, root):
+        assert search.main(cub_argv(root, out, two_gpu_nodes)) == 1
+    err = capsys.readouterr().err
+    assert "all 2 trials failed" in err and "PermissionError" in err and "under the data root" in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 4
+    log = err.split("Its log: ")[1].strip()
+    assert Path(log).is_file() and "PermissionError" in Path(log).read_text()
