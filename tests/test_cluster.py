@@ -25,6 +25,7 @@ import yaml
 from ray import cloudpickle, tune
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from data_fixtures import write_cub
 from ray_helpers import ResultLog, glyph_setup, space
 from test_final import final_cfg, selected
@@ -32,8 +33,11 @@ from test_final import final_cfg, selected
 import search
 from results import ledger
 from results.final import retrain_and_test
+from trainables.data import build_dataset
+from trainables.data.packed import PackedDataset, Pixels, layout
 from trainables.data.splits import fixed_split
 from trainables.ray_cluster import run_tasks, trial_device, trial_slots
+from trainables.ray_data import share
 from trainables.tune_search import SearchSettings, run_search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,3 +261,48 @@ def test_a_search_whose_trials_all_fail_ends_with_the_first_error_and_its_log(tw
     assert "Traceback" not in err and len(err.splitlines()) <= 4
     log = err.split("Its log: ")[1].strip()
     assert Path(log).is_file() and "PermissionError" in Path(log).read_text()
+
+
+def private_bytes() -> int:
+    """This process's unique memory (private clean + dirty pages, from /proc): a private copy of the data shows here."""
+    fields = dict(line.split(":") for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:])
+    return sum(int(fields[k].split()[0]) * 1024 for k in ("Private_Clean", "Private_Dirty"))
+
+
+@ray.remote(num_cpus=0)
+class TrialLike:
+    """Takes the data as run_trial does (ray.get of the ref in its setup), reads every byte, and keeps it."""
+
+    def read(self, setup: dict[str, Any]) -> tuple[int, int, tuple[int, ...]]:
+        self.dataset = ray.get(setup["data"])
+        checksum = int(self.dataset.pixels.data.sum(dtype=np.int64))  # every page of the buffer
+        batch = self.dataset.subset(self.dataset.train_classes, train=True).batch(list(range(8)))
+        return checksum, private_bytes(), tuple(batch.shape)
+
+
+def test_four_co_located_trials_hold_one_copy_of_the_data(two_gpu_nodes, tmp_path, monkeypatch) -> None:
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
+    monkeypatch.setenv("DMLTUNE_CACHE", str(tmp_path / "cache"))
+    cub = build_dataset("cub", write_cub(tmp_path / "cub", classes=(1, 2, 101), per_class=20).root, 224)
+    items = np.flatnonzero(np.isin(cub.labels, cub.train_classes))
+
+    def packed(side: int) -> PackedDataset:  # random pixels, `side` x `side` images
+        shapes = np.tile([[side, side]], (len(items), 1))
+        data = np.random.default_rng(side).integers(0, 256, int(shapes.prod(1).sum()) * 3, dtype=np.uint8)
+        return PackedDataset(cub, items, Pixels(data, shapes, layout(shapes)))
+
+    # 40 images of 2.7 MB: 108 MB, far above the noise; the small one makes each trial import and
+    # allocate what reading costs before the big one is measured.
+    small, big = packed(256), packed(950)
+    head = ray.get_runtime_context().get_node_id()
+    trials = [TrialLike.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote()
+              for _ in range(4)]
+    before = [r[1] for r in ray.get([t.read.remote({"data": share(small)}) for t in trials])]
+    read = ray.get([t.read.remote({"data": share(big)}) for t in trials])  # nested, as in TrialSetup
+    assert {r[0] for r in read} == {int(big.pixels.data.sum(dtype=np.int64))} and {r[2] for r in read} == {(8, 3, 224, 224)}
+    grown = [after - start for (_, after, _), start in zip(read, before)]
+    # A trial that copied the data would grow by its 108 MB; sharing the node's store, each grows by
+    # a batch's crops only (4-10 MB here). Bound: all four together less than half of one copy.
+    assert sum(grown) < big.nbytes / 2, [f"{g / 1e6:.1f} MB" for g in grown]
+    for t in trials:
+        ray.kill(t)
