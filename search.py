@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m-per-class", type=_non_negative_int,
                    help="images per class in a batch, 0 uniform (default: 4 for pair losses, 0 for proxy losses)")
     p.add_argument("--workers", type=_non_negative_int,
-                   help="DataLoader processes per trial decoding image files (default: --cpus-per-trial minus one)")
+                   help="DataLoader processes per CPU trial that crop its training images "
+                   "(default: --cpus-per-trial minus one)")
     p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0)
     p.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0, help="fractions pack trials on a GPU")
     p.add_argument("--address", help="Ray address (e.g. auto); default starts a local Ray")

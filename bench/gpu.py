@@ -141,7 +141,8 @@ def four_trials(device: torch.device, smoke: bool, tmp: Path) -> Row:
         out = tmp / name
         argv = ["--loss", "proxy_anchor", "--dataset", "cub", "--data-root", str(root), "--trials", trials,
                 "--max-epochs", epochs, "--grace-period", epochs, "--final-epochs", "1", "--top-k", "1",
-                "--backbone", backbone, "--image-size", size, "--warmup-epochs", "0", "--no-freeze-bn", "--batch-size", batch,
+                "--backbone", backbone, "--image-size", size, "--warmup-epochs", "0", "--no-freeze-bn",
+                "--batch-size", batch,
                 "--gpus-per-trial", gpus, "--cpus-per-trial", "1", "--out", str(out)]
         with contextlib.redirect_stdout(io.StringIO()):
             code = search.main(argv)

@@ -299,7 +299,8 @@ def test_four_co_located_trials_hold_one_copy_of_the_data(two_gpu_nodes, tmp_pat
               for _ in range(4)]
     before = [r[1] for r in ray.get([t.read.remote({"data": share(small)}) for t in trials])]
     read = ray.get([t.read.remote({"data": share(big)}) for t in trials])  # nested, as in TrialSetup
-    assert {r[0] for r in read} == {int(big.pixels.data.sum(dtype=np.int64))} and {r[2] for r in read} == {(8, 3, 224, 224)}
+    assert {r[0] for r in read} == {int(big.pixels.data.sum(dtype=np.int64))}
+    assert {r[2] for r in read} == {(8, 3, 224, 224)}
     grown = [after - start for (_, after, _), start in zip(read, before)]
     # A trial that copied the data would grow by its 108 MB; sharing the node's store, each grows by
     # a batch's crops only (4-10 MB here). Bound: all four together less than half of one copy.

@@ -112,7 +112,8 @@ class PackedImages(Dataset):
         boxes = crop_boxes(shapes[:, 0], shapes[:, 1], generator).tolist()
         flips = torch.rand(len(images), generator=generator) < 0.5
         # A copy of the box only (a few hundred kB): read-only store memory cannot back a torch tensor.
-        crops = [torch.from_numpy(np.ascontiguousarray(im[t: t + h, l: l + w])) for im, (t, l, h, w) in zip(images, boxes)]
+        crops = [torch.from_numpy(np.ascontiguousarray(im[t: t + h, l: l + w]))
+                 for im, (t, l, h, w) in zip(images, boxes)]
         return resize_crops(crops, size, flips, device)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
