@@ -1,6 +1,7 @@
 """Training images per second per CPU core delivered to the trainer at 224 px: today's per-image PIL path
 against the decoded data trials now receive (trainables/data/packed.py), and node memory with one and
-four co-located trials reading it from Ray's object store. One run measures everything.
+four co-located trials reading it from Ray's object store (the store's one copy plus what each trial
+process adds privately, from /proc/self/smaps_rollup). One run measures everything.
 
     python bench/data.py                 # 2,400 JPEGs (2,000 in the training half), 3 repeats
     python bench/data.py --quick         # 400 JPEGs: a smoke run of every stage
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainables.data import build_dataset  # noqa: E402
 from trainables.data.augment import crop_boxes, normalize, resize_crops  # noqa: E402
 from trainables.data.images import FileDataset  # noqa: E402
-from trainables.data.packed import PackedImages, for_workers  # noqa: E402
+from trainables.data.packed import PackedDataset, PackedImages, for_workers  # noqa: E402
 
 SIZE, BATCH = 224, 120
 
@@ -121,34 +122,37 @@ def packed_epoch(packed: PackedImages, n: int) -> Callable[[], int]:
     return run
 
 
-def node_memory(data: object, trials: int) -> tuple[float, float]:
-    """(MB of the data in the node's object store, MB the trial processes grew by) with `trials` co-located
-    trials, each taking the data as run_trial does and reading one epoch of batches from it."""
+def smaps() -> dict[str, int]:
+    """This process's memory totals in bytes (/proc/self/smaps_rollup): private pages are its own, shared
+    pages (the object store's, once mapped) are the node's one copy."""
+    fields = dict(line.split(":") for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:])
+    kb = {k: int(v.split()[0]) * 1024 for k, v in fields.items()}
+    return {"private": kb["Private_Clean"] + kb["Private_Dirty"], "shared": kb["Shared_Clean"] + kb["Shared_Dirty"]}
+
+
+def node_memory(data: PackedDataset, trials: int) -> tuple[float, float]:
+    """(MB of shared store pages each trial maps, MB the trial processes' private memory grew by, summed) with
+    `trials` co-located trials, each taking the data as run_trial does and reading one epoch of batches."""
     import ray
-    from ray._private.internal_api import memory_summary
 
     from trainables.ray_data import share
 
     @ray.remote(num_cpus=1)
-    def trial(setup: dict) -> int:
-        def private() -> int:
-            fields = dict(line.split(":") for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:])
-            return sum(int(fields[k].split()[0]) * 1024 for k in ("Private_Clean", "Private_Dirty"))
-
+    def trial(setup: dict) -> tuple[int, int]:
         torch.set_num_threads(1)
-        normalize(resize_crops([torch.zeros(300, 300, 3, dtype=torch.uint8)], SIZE))  # first-use allocations
-        before = private()
+        # Warm-up on a dummy batch: imports and a batch's working buffers are not the data.
+        normalize(resize_crops([torch.zeros(300, 300, 3, dtype=torch.uint8)] * BATCH, SIZE))
+        before = smaps()
         dataset = ray.get(setup["data"])
         train = dataset.subset(dataset.train_classes, train=True)
         for start in range(0, len(train), BATCH):
             normalize(train.batch(list(range(start, min(start + BATCH, len(train))))))
-        return private() - before
+        after = smaps()
+        return after["shared"] - before["shared"], after["private"] - before["private"]
 
     ref = share(data)
     grown = ray.get([trial.remote({"data": ref}) for _ in range(trials)])
-    # "Plasma memory usage N MiB, ...": what the node's object store holds now (this data, once).
-    store = next((line for line in memory_summary(stats_only=True).splitlines() if "Plasma memory usage" in line), "")
-    return float(store.split()[3]) * 2**20 / 1e6 if store else float("nan"), sum(grown) / 1e6
+    return statistics.median(g[0] for g in grown) / 1e6, sum(g[1] for g in grown) / 1e6
 
 
 def main() -> None:
@@ -200,13 +204,14 @@ def main() -> None:
         from trainables.ray_cluster import init_ray
 
         init_ray(None, num_cpus=4)
-        print(f"\nnode memory, trials reading one epoch each ({shipped.nbytes / 1e6:,.0f} MB of decoded data):")
-        print("| co-located trials | object store MB | trial processes grew, MB (sum) |")
-        print("|---:|---:|---:|")
+        copy = shipped.nbytes / 1e6
+        print(f"\nnode memory, co-located trials each reading one epoch of the {copy:,.0f} MB of decoded data:")
+        print("| co-located trials | store pages each trial maps, MB | trials' private growth, MB (sum) "
+              "| node memory for the data, MB | private copies would be, MB |")
+        print("|---:|---:|---:|---:|---:|")
         for trials in (1, 4):
-            store, grown = node_memory(shipped, trials)
-            print(f"| {trials} | {store:,.0f} | {grown:,.1f} |")
-
+            mapped, grown = node_memory(shipped, trials)
+            print(f"| {trials} | {mapped:,.0f} | {grown:,.1f} | {copy + grown:,.0f} | {trials * copy:,.0f} |")
 
 if __name__ == "__main__":
     main()
