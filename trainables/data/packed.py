@@ -6,11 +6,11 @@ the evaluation view's first step, done by torchvision on the PIL image exactly a
 and keeps the uint8 pixels in one flat buffer. That buffer is what goes into Ray's object store,
 where co-located trials share one copy (numpy arrays are read zero-copy from it).
 
-Why decoded uint8 and not JPEG bytes: bench/data.py measures, per CPU core, crops from decoded
-uint8 at ~4x the images/s of today's PIL path, while re-encoded JPEGs spend most of that gain on
-decoding again every epoch (DESIGN §6 measured 1.8x). The price is size (~0.25 MB an image at
-224 px: CUB's training half ~1.5 GB, SOP's ~15 GB), which the object store must hold: the Ray
-side (trainables/ray_data.py) refuses, before any trial, data larger than the store.
+Why decoded uint8 and not JPEG bytes: bench/data.py measures, per CPU core, training batches from
+decoded uint8 at 4.1-4.9x the images/s of the per-image PIL path, while JPEGs re-encoded at the same
+size spend most of that gain on decoding again every epoch (2.5-2.8x; bench/RESULTS.md). The price
+is size (~0.26 MB an image at 224 px: CUB's training half ~1.5 GB, SOP's ~15.5 GB), which the
+object store must hold: the data is refused before any trial when it cannot fit (`check_fits`).
 
 Each half is cached under the user's cache dir, keyed by the dataset fingerprint and image size,
 so a second run or --resume maps the cached file instead of decoding again.
