@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +130,7 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
         return
     init_ray(settings.address, dashboard=settings.dashboard)
     if setup.data is not None:  # into the object store once, checked to fit, before any trial
-        setup = dataclasses.replace(setup, data=share(setup.data))
+        setup = replace(setup, data=share(setup.data))
     if past:
         echo(f"resume: {len(finished)} finished trials kept, {len(resumed)} interrupted trials continue, "
              + (f"{len(rerun)} whose checkpoint is gone run again as new trials, " if rerun else "")
