@@ -31,7 +31,8 @@ from ray_helpers import ResultLog, glyph_setup, space
 from test_final import final_cfg, selected
 
 import search
-from results import ledger
+from results import ledger, tables
+from trainables import ray_data
 from results.final import retrain_and_test
 from trainables.data import build_dataset
 from trainables.data.packed import PackedDataset, Pixels, layout
@@ -307,3 +308,15 @@ def test_four_co_located_trials_hold_one_copy_of_the_data(two_gpu_nodes, tmp_pat
     assert sum(grown) < big.nbytes / 2, [f"{g / 1e6:.1f} MB" for g in grown]
     for t in trials:
         ray.kill(t)
+
+
+def test_data_larger_than_a_nodes_object_store_is_refused_before_any_trial(two_gpu_nodes, tmp_path, capsys,
+                                                                           monkeypatch) -> None:
+    root = tmp_path / "cub"
+    write_cub(root, classes=(1, 2, 3, 4, 5, 101), per_class=3)
+    out = tmp_path / "run"
+    monkeypatch.setattr(ray_data, "object_stores", lambda: {"gpu-node-7": 20_000.0})  # a 20 kB store
+    assert search.main(cub_argv(root, out, two_gpu_nodes)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the cub data takes") and "gpu-node-7" in err and "--object-store-memory" in err
+    assert len(err.splitlines()) == 1 and tables.load_study(out).trials == []  # no trial started
