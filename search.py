@@ -25,6 +25,7 @@ import pandas as pd
 
 from results import ledger, runlock, tables
 from results.console import print_final, print_recorded
+from results.failures import SearchFailed, check_selectable
 from results.final import TestStageFailed, retrain_and_test
 from results.provenance import provenance
 from results.select import select_top
@@ -32,6 +33,8 @@ from spaces import SPACES, OptimiserDefaults, default_config, define_by_run
 from trainables.config import LR_SCHEDULES
 from trainables.data import DATASETS, build_dataset, recipe
 from trainables.data.base import DMLDataset
+from trainables.data.images import ImageReadError
+from trainables.data.packed import DataTooLarge, for_workers
 from trainables.atomic import write_atomic
 from trainables.data.splits import ClassSplit, fixed_split, kfold_splits
 from trainables.losses import LOSSES
@@ -110,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m-per-class", type=_non_negative_int,
                    help="images per class in a batch, 0 uniform (default: 4 for pair losses, 0 for proxy losses)")
     p.add_argument("--workers", type=_non_negative_int,
-                   help="DataLoader processes per trial decoding image files (default: --cpus-per-trial minus one)")
+                   help="DataLoader processes per CPU trial that crop its training images "
+                   "(default: --cpus-per-trial minus one)")
     p.add_argument("--cpus-per-trial", type=_positive_float, default=1.0)
     p.add_argument("--gpus-per-trial", type=_non_negative_float, default=0.0, help="fractions pack trials on a GPU")
     p.add_argument("--address", help="Ray address (e.g. auto); default starts a local Ray")
@@ -200,21 +204,23 @@ def check_execution(cfg: RunConfig) -> None:
             raise UsageError(str(err)) from None
 
 
-def search_stage(run_dir: Path, cfg: RunConfig, folds: list[ClassSplit], echo: Any) -> pd.DataFrame:
+def search_stage(run_dir: Path, cfg: RunConfig, folds: list[ClassSplit], echo: Any,
+                 data: DMLDataset | None = None) -> pd.DataFrame:
     """Run (or finish) the study and write trials.parquet; the test classes are never opened.
 
     A study an earlier driver left unfinished is continued (tune_search.run_search): its finished
     trials are kept, interrupted ones continue from their last checkpoint, the rest are new.
+    `data` is what trials train on (`trial_data`). A search that left nothing to select raises SearchFailed.
     """
     from trainables.trial import TrialSetup
-    from trainables.tune_search import SearchSettings, run_search
+    from trainables.tune_search import SearchSettings, experiment_location, run_search
 
     defaults = OptimiserDefaults(lr=cfg.lr)
     searched = folds[:cfg.search_folds or 1]
     setup = TrialSetup(loss=cfg.loss, dataset=cfg.dataset, data_root=cfg.data_root,
                        image_size=cfg.image_size, folds=tuple(searched), ks=cfg.ks,
                        fixed=cfg.train_fields() | {"epochs": cfg.max_epochs},
-                       threads=max(1, int(cfg.cpus_per_trial)))
+                       threads=max(1, int(cfg.cpus_per_trial)), data=data)
     settings = SearchSettings(trials=cfg.trials, max_epochs=cfg.max_epochs, grace_period=cfg.grace_period,
                               reduction_factor=cfg.reduction_factor, cpus_per_trial=cfg.cpus_per_trial,
                               gpus_per_trial=cfg.gpus_per_trial, seed=cfg.seed,
@@ -227,7 +233,18 @@ def search_stage(run_dir: Path, cfg: RunConfig, folds: list[ClassSplit], echo: A
                settings, echo)
     trials = tables.trials_frame(tables.load_study(run_dir), cfg.max_epochs)
     tables.write(trials, run_dir / "trials.parquet")
+    check_selectable(trials, "/".join(experiment_location(run_dir, cfg.storage_path)))
     return trials
+
+
+def trial_data(dataset: DMLDataset, echo: Any) -> DMLDataset | None:
+    """The decoded training half trials and retrains receive (packed.py), read here once; None for data
+    each worker builds in memory (glyphs). A missing or corrupt training image is named now, before any trial."""
+    try:
+        data = for_workers(dataset, echo=echo)
+    except (ImageReadError, FileNotFoundError) as err:
+        raise UsageError(f"{err}. Restore or repair the file, then run the command again.") from None
+    return None if data is dataset else data
 
 
 def run(cfg: RunConfig, resume: bool, echo: Any = print) -> int:
@@ -262,9 +279,10 @@ def _drive(cfg: RunConfig, resume: bool, echo: Any) -> int:
                 f"{len(folds)} folds of ~{len(split.val)} validation classes ({cfg.search_folds} searched)")
     echo(f"dmltune: {cfg.loss} on {cfg.dataset}: {held_out} (seed {cfg.seed}), "
          f"{len(dataset.test_classes)} test classes kept closed until the end")
+    data = trial_data(dataset, echo)
     write_config(run_dir, cfg, dataset, folds, echo)
 
-    trials = search_stage(run_dir, cfg, folds, echo)
+    trials = search_stage(run_dir, cfg, folds, echo, data)
     counts = trials["state"].value_counts().to_dict()
     echo(f"search done: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
          f"{int(trials['epochs'].sum())} trial-epochs")
@@ -335,10 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = run_config(args, argv)
         check_args(cfg, args.resume)
         return run(cfg, args.resume)
-    except (UsageError, ledger.TestAlreadyRecorded, runlock.RunLocked) as err:
+    except (UsageError, DataTooLarge, ledger.TestAlreadyRecorded, runlock.RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except TestStageFailed as err:
+    except (TestStageFailed, SearchFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

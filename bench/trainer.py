@@ -68,10 +68,14 @@ def config(case: Case) -> TrainConfig:
                        batch_size=case.batch_size, embedding_size=64, backbone=case.backbone, m_per_class=0)
 
 
-def hand_loop(cfg: TrainConfig, data: InMemoryImages, device: torch.device) -> Callable[[], None]:
-    """The loop a person writes by hand: returns a function that runs one epoch of it."""
+def hand_loop(cfg: TrainConfig, data: InMemoryImages, device: torch.device,
+              fast: bool | None = None) -> Callable[[], None]:
+    """The loop a person writes by hand: returns a function that runs one epoch of it.
+
+    `fast`: bf16 autocast and channels_last, as the trainer on CUDA (default: on CUDA); False is a plain fp32 loop.
+    """
     torch.manual_seed(cfg.seed)
-    cuda = device.type == "cuda"
+    cuda = device.type == "cuda" if fast is None else fast
     fmt = torch.channels_last if cuda else torch.contiguous_format
     model = build_model(cfg.backbone, data.images.shape[1], cfg.embedding_size).to(device, memory_format=fmt)
     loss_fn = build_loss(cfg.loss, int(data.labels.max()) + 1, cfg.embedding_size, cfg.loss_params).to(device)

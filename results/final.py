@@ -26,6 +26,7 @@ from trainables.atomic import write_atomic
 from trainables.config import SELECTION_METRIC, TrainConfig, config_hash, learned_fields
 from trainables.data.base import DMLDataset
 from trainables.data.images import ImageReadError
+from trainables.data.packed import DataTooLarge, for_workers
 from trainables.data.splits import ClassSplit
 from trainables.run_config import AUTO, RunConfig
 from trainables.trainer import Trainer
@@ -72,7 +73,8 @@ def retrain_and_test(run_dir: Path, cfg: RunConfig, dataset: DMLDataset, folds: 
     classes = np.concatenate([folds[0].fit, folds[0].val])  # every fold covers all the training classes
     picks = plan(cfg, selected)
     run = job_runner(cfg)
-    models = retrained(run_dir / FINAL_DIR, picks, classes, dataset, run, echo)
+    # Jobs get the decoded training half the trials got (packed.py): no job opens --data-root.
+    models = retrained(run_dir / FINAL_DIR, picks, classes, for_workers(dataset), run, echo)
     with ledger.locked(ledger_path) as recorded:
         ledger.refuse_if_tested(ledger_path, recorded)  # another process tested this study while we retrained
         results = tested(run_dir, picks, [model for model, _ in models], classes, dataset, run, list(cfg.ks))
@@ -102,9 +104,9 @@ def tested(run_dir: Path, picks: list[Pick], models: list[bytes], classes: np.nd
     empty and the study testable once the file is fixed, not half-recorded.
     """
     try:
-        done = dict(run(evaluate_test, dataset,
+        done = dict(run(evaluate_test, for_workers(dataset, test=True),  # the test half, decoded only now
                         [(classes, pick.config, model, ks) for pick, model in zip(picks, models)]))
-    except ImageReadError as err:  # a missing or corrupt test image, named in the message
+    except (ImageReadError, DataTooLarge) as err:  # a missing or corrupt test image, named in the message
         raise TestStageFailed(f"the test stage could not read its data, so nothing was recorded: {err}\n"
                               f"The retrained models are kept in {run_dir / FINAL_DIR}: fix the data and run the "
                               "same command with --resume to test them without retraining.") from err

@@ -1,6 +1,8 @@
-"""Cluster scale: cluster.yaml passes Ray's own validation; trials spread over nodes and pack onto GPUs."""
+"""Cluster scale: cluster.yaml passes Ray's own validation; trials spread over nodes and pack onto GPUs;
+only the driver reads --data-root."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -9,11 +11,13 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import conftest
 import numpy as np
+import pandas as pd
 import pytest
 import ray
 import torch
@@ -21,13 +25,20 @@ import yaml
 from ray import cloudpickle, tune
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from data_fixtures import write_cub
 from ray_helpers import ResultLog, glyph_setup, space
 from test_final import final_cfg, selected
 
-from results import ledger
+import search
+from results import ledger, tables
+from trainables import ray_data
 from results.final import retrain_and_test
+from trainables.data import build_dataset
+from trainables.data.packed import PackedDataset, Pixels, layout
 from trainables.data.splits import fixed_split
 from trainables.ray_cluster import run_tasks, trial_device, trial_slots
+from trainables.ray_data import share
 from trainables.tune_search import SearchSettings, run_search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,3 +193,130 @@ def test_a_local_ray_starts_no_idle_workers_that_no_trial_can_use() -> None:
                           start_new_session=True)  # its own session: ps sees only its Ray
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "0"
+
+
+def forbid_root(root: str) -> Callable[[], None]:
+    """A Ray worker setup hook: any open or listing of a path under `root` raises PermissionError there.
+
+    The driver (this process) is no Ray worker, so it alone may read the data, as on a real cluster
+    whose GPU workers do not have the folder.
+    """
+    def install() -> None:
+        prefix = os.path.join(os.path.realpath(root), "")
+
+        def audit(event: str, args: tuple) -> None:
+            if event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, bytes, Path)):
+                path = os.path.realpath(os.fsdecode(args[0]))
+                if os.path.join(path, "").startswith(prefix):
+                    raise PermissionError(f"a Ray worker opened {path}, under the data root")
+
+        sys.addaudithook(audit)
+    return install
+
+
+@contextlib.contextmanager
+def workers_without(cluster: Cluster, root: Path) -> Iterator[None]:
+    """This module's cluster, joined again by a driver whose worker processes cannot read `root`."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.shutdown()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env={"worker_process_setup_hook": forbid_root(str(root))})
+    try:
+        with pytest.raises(PermissionError):  # the guard holds in a worker
+            ray.get(ray.remote(lambda: (root / "images.txt").read_text()).remote())
+        yield
+    finally:
+        ray.shutdown()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+
+
+def cub_argv(root: Path, out: Path, cluster: Cluster) -> list[str]:
+    return ["--loss", "proxy_anchor", "--dataset", "cub", "--data-root", str(root), "--trials", "2",
+            "--max-epochs", "1", "--backbone", "resnet18", "--image-size", "32", "--embedding-size", "16",
+            "--batch-size", "12", "--address", cluster.address, "--storage-path", str(out.parent / "storage"),
+            "--out", str(out)]
+
+
+def test_trials_and_final_stage_tasks_never_open_the_data_root(two_gpu_nodes, tmp_path, capsys) -> None:
+    root = tmp_path / "cub"
+    write_cub(root, classes=(1, 2, 3, 4, 5, 6, 101, 102, 103), per_class=6)
+    out = tmp_path / "run"
+    with workers_without(two_gpu_nodes, root):
+        assert search.main(cub_argv(root, out, two_gpu_nodes)) == 0, capsys.readouterr().err
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 2 and set(trials["state"]) <= {"complete", "pruned"}
+    entries = ledger.read(out / ledger.LEDGER_NAME)
+    assert len(entries) == 2 and all(0 <= e["metrics"]["recall@1"] <= 1 for e in entries)
+
+
+def test_a_search_whose_trials_all_fail_ends_with_the_first_error_and_its_log(two_gpu_nodes, tmp_path, capsys,
+                                                                              monkeypatch) -> None:
+    root = tmp_path / "cub"
+    write_cub(root, classes=(1, 2, 3, 4, 5, 6, 101, 102, 103), per_class=3)
+    out = tmp_path / "run"
+    monkeypatch.setattr(search, "trial_data", lambda dataset, echo: None)  # trials read the files, as before
+    with workers_without(two_gpu_nodes, root):
+        assert search.main(cub_argv(root, out, two_gpu_nodes)) == 1
+    err = capsys.readouterr().err
+    assert "all 2 trials failed" in err and "PermissionError" in err and "under the data root" in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 4
+    log = err.split("Its log: ")[1].strip()
+    assert Path(log).is_file() and "PermissionError" in Path(log).read_text()
+
+
+def private_bytes() -> int:
+    """This process's unique memory (private clean + dirty pages, from /proc): a private copy of the data shows here."""
+    fields = dict(line.split(":") for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:])
+    return sum(int(fields[k].split()[0]) * 1024 for k in ("Private_Clean", "Private_Dirty"))
+
+
+@ray.remote(num_cpus=0)
+class TrialLike:
+    """Takes the data as run_trial does (ray.get of the ref in its setup), reads every byte, and keeps it."""
+
+    def read(self, setup: dict[str, Any]) -> tuple[int, int, tuple[int, ...]]:
+        self.dataset = ray.get(setup["data"])
+        checksum = int(self.dataset.pixels.data.sum(dtype=np.int64))  # every page of the buffer
+        batch = self.dataset.subset(self.dataset.train_classes, train=True).batch(list(range(8)))
+        return checksum, private_bytes(), tuple(batch.shape)
+
+
+def test_four_co_located_trials_hold_one_copy_of_the_data(two_gpu_nodes, tmp_path, monkeypatch) -> None:
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
+    monkeypatch.setenv("DMLTUNE_CACHE", str(tmp_path / "cache"))
+    cub = build_dataset("cub", write_cub(tmp_path / "cub", classes=(1, 2, 101), per_class=20).root, 224)
+    items = np.flatnonzero(np.isin(cub.labels, cub.train_classes))
+
+    def packed(side: int) -> PackedDataset:  # random pixels, `side` x `side` images
+        shapes = np.tile([[side, side]], (len(items), 1))
+        data = np.random.default_rng(side).integers(0, 256, int(shapes.prod(1).sum()) * 3, dtype=np.uint8)
+        return PackedDataset(cub, items, Pixels(data, shapes, layout(shapes)))
+
+    # 40 images of 2.7 MB: 108 MB, far above the noise; the small one makes each trial import and
+    # allocate what reading costs before the big one is measured.
+    small, big = packed(256), packed(950)
+    head = ray.get_runtime_context().get_node_id()
+    trials = [TrialLike.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False)).remote()
+              for _ in range(4)]
+    before = [r[1] for r in ray.get([t.read.remote({"data": share(small)}) for t in trials])]
+    read = ray.get([t.read.remote({"data": share(big)}) for t in trials])  # nested, as in TrialSetup
+    assert {r[0] for r in read} == {int(big.pixels.data.sum(dtype=np.int64))}
+    assert {r[2] for r in read} == {(8, 3, 224, 224)}
+    grown = [after - start for (_, after, _), start in zip(read, before)]
+    # A trial that copied the data would grow by its 108 MB; sharing the node's store, each grows by
+    # a batch's crops only (4-10 MB here). Bound: all four together less than half of one copy.
+    assert sum(grown) < big.nbytes / 2, [f"{g / 1e6:.1f} MB" for g in grown]
+    for t in trials:
+        ray.kill(t)
+
+
+def test_data_larger_than_a_nodes_object_store_is_refused_before_any_trial(two_gpu_nodes, tmp_path, capsys,
+                                                                           monkeypatch) -> None:
+    root = tmp_path / "cub"
+    write_cub(root, classes=(1, 2, 3, 4, 5, 101), per_class=3)
+    out = tmp_path / "run"
+    monkeypatch.setattr(ray_data, "object_stores", lambda: {"gpu-node-7": 20_000.0})  # a 20 kB store
+    assert search.main(cub_argv(root, out, two_gpu_nodes)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the cub data takes") and "gpu-node-7" in err and "--object-store-memory" in err
+    assert len(err.splitlines()) == 1 and tables.load_study(out).trials == []  # no trial started

@@ -21,6 +21,7 @@ import torch
 
 from trainables.data.base import DMLDataset
 from trainables.private_api import auto_address, skip_worker_prestart
+from trainables.ray_data import share
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +68,15 @@ def run_tasks(job: Callable[..., Any], dataset: DMLDataset, items: Sequence[Any]
 
     The final stage's retrains and test evaluations go where the trials went (GPU workers, several
     at once), not to the driver, which on a cluster sits on the CPU head. The dataset enters the
-    object store once per call. All tasks are submitted at once and their results come back as each
-    finishes; if one fails, its error is raised and the tasks still running are cancelled.
+    object store once (ray_data.share): give the driver's decoded half (packed.for_workers), and the
+    tasks never open --data-root. All tasks are submitted at once and their results come back as
+    each finishes; if one fails, its error is raised and the tasks still running are cancelled.
     """
     if not items:
         return iter(())
     init_ray(address)
     task = ray.remote(_on_worker).options(num_cpus=cpus, num_gpus=gpus)
-    shared = ray.put(dataset)
+    shared = share(dataset)
     refs = {task.remote(job, shared, item, max(1, int(cpus))): i for i, item in enumerate(items)}
     return _as_completed(refs)
 

@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainables.batches import epoch_batches
 from trainables.config import TrainConfig, learned_fields
+from trainables.data.augment import normalize
 from trainables.data.base import InMemoryImages
+from trainables.data.packed import PackedImages
 from trainables.losses import build_loss
 from trainables.metrics import nmi, retrieval_metrics
 from trainables.models import build_model
@@ -92,7 +94,7 @@ class Trainer:
         # PML's proxy losses index proxies by label: map class ids to 0..C-1.
         self.targets = torch.as_tensor(np.searchsorted(self.classes, labels))
         torch.manual_seed(cfg.seed)
-        in_channels = train_set[0][0].shape[0]
+        in_channels = getattr(train_set, "channels", None) or train_set[0][0].shape[0]
         self.amp_dtype = autocast_dtype(self.device)
         self.memory_format = memory_format(self.device)
         self.model = build_model(cfg.backbone, in_channels, cfg.embedding_size, pretrained=cfg.pretrained)
@@ -128,7 +130,8 @@ class Trainer:
     def _file_loader(self, dataset: Dataset, persistent: bool = False, **kwargs: Any) -> DataLoader:
         workers = self.cfg.num_workers
         return DataLoader(dataset, num_workers=workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=persistent and workers > 0, **kwargs)
+                          persistent_workers=persistent and workers > 0,
+                          collate_fn=getattr(dataset, "collate", None), **kwargs)
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images on the device as floats in [0, 1] or normalised, targets 0..C-1) of this epoch."""
@@ -141,13 +144,23 @@ class Trainer:
             for idx in order:
                 yield self.images[idx].float().div_(255), targets[idx]
             return
+        packed = isinstance(self.train_set, PackedImages)
+        if packed and self.device.type == "cuda":
+            # Decoded images: crops are drawn here and resized on the GPU (augment.py), with no loader
+            # processes; the crop RNG is a function of (seed, epoch), so a resumed run draws the same.
+            generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
+            for idx in self.sampler.batches:
+                yield (normalize(self.train_set.batch(idx, self.device, generator)),
+                       self.targets[idx].to(self.device, non_blocking=True))
+            return
         if self.loader is None:
             # Created once, so its workers live from epoch to epoch; their augmentation seeds come
             # from the config's seed (the generator), not from whatever the global RNG holds.
             self.loader = self._file_loader(self.train_set, persistent=True, batch_sampler=self.sampler,
                                             generator=torch.Generator().manual_seed(self.cfg.seed))
         for (x, _), idx in zip(self.loader, self.sampler.batches):
-            yield x.to(self.device, non_blocking=True), self.targets[idx].to(self.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=True)  # decoded images arrive as uint8 crops, normalised here
+            yield normalize(x) if packed else x, self.targets[idx].to(self.device, non_blocking=True)
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -196,6 +209,9 @@ class Trainer:
         if isinstance(dataset, InMemoryImages):
             batches: Any = (dataset.images[i: i + batch_size].to(self.device).float().div_(255)
                             for i in range(0, len(dataset), batch_size))
+        elif isinstance(dataset, PackedImages):  # centre crops of decoded images: slicing, no loader processes
+            batches = (normalize(dataset.batch(range(i, min(i + batch_size, len(dataset))), self.device))
+                       for i in range(0, len(dataset), batch_size))
         else:
             batches = (x.to(self.device, non_blocking=True)
                        for x, _ in self._file_loader(dataset, batch_size=batch_size, shuffle=False))

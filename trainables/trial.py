@@ -49,6 +49,9 @@ class TrialSetup:
     ks: tuple[int, ...]
     fixed: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields that are not searched
     threads: int = 1
+    # The driver's decoded training half (packed.for_workers), which run_search swaps for its object-store
+    # ref: trials then never open --data-root. None: each worker builds the dataset (glyphs, in memory).
+    data: Any = None
 
 
 def fold_checkpoint(fold: int) -> str:
@@ -68,7 +71,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     torch.set_num_threads(setup.threads)
     gpu_ids, device = assigned_device()
     placement = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": gpu_ids, "device": device}
-    dataset = worker_dataset(setup.dataset, setup.data_root, setup.image_size)
+    dataset = ray.get(setup.data) if setup.data is not None else worker_dataset(setup.dataset, setup.data_root,
+                                                                                setup.image_size)
     cfg = TrainConfig.from_params(setup.loss, params, **setup.fixed)
     trainers = [Trainer(cfg, dataset.subset(fold.fit, train=True), device=device) for fold in setup.folds]
     val_sets = [dataset.subset(fold.val) for fold in setup.folds]

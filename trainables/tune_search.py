@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from trainables.config import SELECTION_METRIC, SELECTION_MODE
 from trainables.private_api import reopen_trial
 from trainables.progress import ProgressLines
 from trainables.ray_cluster import init_ray, is_uri, trial_slots
+from trainables.ray_data import share
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA, last_checkpoint
 from trainables.study import DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, STUDY_NAME, study_storage
 from trainables.trial import TrialSetup, run_trial
@@ -128,6 +129,8 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     if budget <= 0:
         return
     init_ray(settings.address, dashboard=settings.dashboard)
+    if setup.data is not None:  # into the object store once, checked to fit, before any trial
+        setup = replace(setup, data=share(setup.data))
     if past:
         echo(f"resume: {len(finished)} finished trials kept, {len(resumed)} interrupted trials continue, "
              + (f"{len(rerun)} whose checkpoint is gone run again as new trials, " if rerun else "")

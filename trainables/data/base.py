@@ -9,13 +9,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+
+def user_cache_dir() -> Path:
+    """Where generated or decoded data is kept between runs: $DMLTUNE_CACHE, else ~/.cache/dmltune."""
+    env = os.environ.get("DMLTUNE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "dmltune"
 
 
 class TestAccessError(RuntimeError):

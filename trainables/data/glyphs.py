@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainables.data.base import DMLDataset, InMemoryImages
+from trainables.data.base import DMLDataset, InMemoryImages, user_cache_dir
 
 # Bump when anything below changes what gets generated: old cache files then stop matching.
 VERSION = 1
@@ -91,11 +91,6 @@ def _font_dir() -> Path:
     import matplotlib
 
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-
-
-def _default_cache_dir() -> Path:
-    env = os.environ.get("DMLTUNE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "dmltune"
 
 
 def _candidates() -> list[int]:
@@ -385,7 +380,7 @@ def render_glyphs(seed: int = 0, image_size: int = 32, images_per_class: int = 4
         raise ValueError(f"images_per_class must be >= 1, got {images_per_class}.")
     font_dir = _font_dir()
     key = _cache_key(int(seed), int(image_size), int(images_per_class), font_dir)
-    path = _cache_path(Path(cache_dir) if cache_dir is not None else _default_cache_dir(), key)
+    path = _cache_path(Path(cache_dir) if cache_dir is not None else user_cache_dir(), key)
     cached = _load_cache(path, key)
     if cached is not None:
         return cached
