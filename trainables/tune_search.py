@@ -103,14 +103,16 @@ def settle_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[Froze
 
 def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial], Any],
                first_points: list[dict[str, float]], settings: SearchSettings,
-               echo: Callable[[str], None] = print, callbacks: Sequence[tune.Callback] = ()) -> None:
+               echo: Callable[[str], None] = print, callbacks: Sequence[tune.Callback] = (),
+               trial: Callable[[dict[str, Any], Any], None] = run_trial) -> None:
     """Run the study up to its budget: TPE proposals, ASHA stopping, trials in parallel under Ray Tune.
 
     The study lives in `run_dir/study.db` (optuna-dashboard reads it); Ray's experiment in
     `run_dir/ray` unless `settings.storage_path` points at storage every node reaches. On a study
     an earlier driver left unfinished, finished trials stay as they are (TPE learns from them
     and ASHA's rungs are refilled from their curves), interrupted ones continue from their last
-    checkpoint, and only the rest of the budget is proposed anew.
+    checkpoint, and only the rest of the budget is proposed anew. `trial(config, setup)` runs one
+    trial: run_trial, or bench/scale.py's simulated one, which drives this same search at scale.
 
     A fresh study runs `first_points` first, in order; the first is the paper's defaults and its
     trial carries the user attribute PAPER_DEFAULTS_ATTR, which the report compares the search with.
@@ -152,7 +154,7 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
         sampler=tpe_sampler(settings.trials, settings.seed + len(finished)), study_name=STUDY_NAME,
         storage=storage, max_t=settings.max_epochs, checkpoint_root=f"{storage_path}/{name}", resume=resumed,
         on_resume=scheduler.replay)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+    trainable = tune.with_resources(tune.with_parameters(trial, setup=setup),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
