@@ -24,7 +24,7 @@ from trainables.private_api import reopen_trial
 from trainables.progress import ProgressLines
 from trainables.ray_cluster import init_ray, is_uri, trial_slots
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA, last_checkpoint
-from trainables.study import DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, STUDY_NAME, study_storage
+from trainables.study import DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, STUDY_NAME, study_storage, write_dashboard_copy
 from trainables.trial import TrialSetup, run_trial
 
 EXPERIMENT_DIR = "ray"
@@ -107,7 +107,8 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
                trial: Callable[[dict[str, Any], Any], None] = run_trial) -> None:
     """Run the study up to its budget: TPE proposals, ASHA stopping, trials in parallel under Ray Tune.
 
-    The study lives in `run_dir/study.db` (optuna-dashboard reads it); Ray's experiment in
+    The study is recorded in `run_dir/study.journal` as results arrive and copied to `run_dir/study.db`
+    (optuna-dashboard reads it) when the search ends (trainables/study.py); Ray's experiment in
     `run_dir/ray` unless `settings.storage_path` points at storage every node reaches. On a study
     an earlier driver left unfinished, finished trials stay as they are (TPE learns from them
     and ASHA's rungs are refilled from their curves), interrupted ones continue from their last
@@ -128,6 +129,7 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     finished, resumed, rerun = settle_earlier_drivers(study, settings.trials)
     budget = settings.trials - len(finished)
     if budget <= 0:
+        write_dashboard_copy(run_dir)  # an earlier driver may have died between the search and its copy
         return
     init_ray(settings.address, dashboard=settings.dashboard)
     if past:
@@ -176,3 +178,4 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     finally:
         if ours:
             del os.environ[PENDING_ENV]
+    write_dashboard_copy(run_dir)
