@@ -175,6 +175,9 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
     # Tune's console printer would swap builtins.print for tqdm_ray's (we draw no bars); the echo
     # callables Tune pickles with ProgressLines (print, by default) must stay the real one.
     os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
+    # Tune's automatic CSV and TensorBoard loggers write files on the driver for every result;
+    # run_search adds the JSON one (result.json) itself.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if ray.is_initialized():
         return

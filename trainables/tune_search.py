@@ -7,6 +7,7 @@ space), ASHA stops weak trials at its rungs (DESIGN §6).
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,17 +16,20 @@ from typing import Any
 
 import optuna
 import ray
+from optuna.storages import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.logger import JsonLoggerCallback
 
 from trainables.config import SELECTION_METRIC, SELECTION_MODE
 from trainables.private_api import reopen_trial
 from trainables.progress import ProgressLines
 from trainables.ray_cluster import init_ray, is_uri, trial_slots
 from trainables.sampler import WindowedTPESampler
-from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA, last_checkpoint
-from trainables.study import DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, STUDY_NAME, study_storage, write_dashboard_copy
+from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA, delete_checkpoint, last_checkpoint
+from trainables.study import (DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, STUDY_NAME, WriteBehindJournal, open_journal,
+                              write_dashboard_copy)
 from trainables.trial import TrialSetup, run_trial
 
 EXPERIMENT_DIR = "ray"
@@ -120,18 +124,34 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     A fresh study runs `first_points` first, in order; the first is the paper's defaults and its
     trial carries the user attribute PAPER_DEFAULTS_ATTR, which the report compares the search with.
     """
-    # Refused before study.db or Ray is touched: ASHA's own check is an assert deep in Tune's start-up.
+    # Refused before the study or Ray is touched: ASHA's own check is an assert deep in Tune's start-up.
     scheduler = ResumableASHA(max_t=settings.max_epochs, grace_period=settings.grace_period,
                               reduction_factor=settings.reduction_factor)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = study_storage(run_dir)
+    journal = open_journal(run_dir)
+    try:
+        _search(run_dir, journal, scheduler, setup, space, first_points, settings, echo, callbacks, trial)
+    finally:
+        journal.close()
+    write_dashboard_copy(run_dir)
+
+
+def _retire_when_recorded(journal: WriteBehindJournal, location: str) -> None:
+    """Delete a superseded checkpoint once the journal's record of its successor is on disk."""
+    journal.when_durable(functools.partial(delete_checkpoint, location))
+
+
+def _search(run_dir: Path, journal: WriteBehindJournal, scheduler: ResumableASHA, setup: Any,
+            space: Callable[[optuna.Trial], Any],
+            first_points: list[dict[str, float]], settings: SearchSettings, echo: Callable[[str], None],
+            callbacks: Sequence[tune.Callback], trial: Callable[[dict[str, Any], Any], None]) -> None:
+    storage = JournalStorage(journal)
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
                                 direction="maximize" if SELECTION_MODE == "max" else "minimize")
     past = study.get_trials(deepcopy=False)
     finished, resumed, rerun = settle_earlier_drivers(study, settings.trials)
     budget = settings.trials - len(finished)
-    if budget <= 0:
-        write_dashboard_copy(run_dir)  # an earlier driver may have died between the search and its copy
+    if budget <= 0:  # an earlier driver finished the search (and may have died before its copy)
         return
     init_ray(settings.address, dashboard=settings.dashboard)
     if past:
@@ -150,14 +170,14 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     progress = ProgressLines(budget, settings.max_epochs, echo, earlier=selectable,
                              resumed={t.number: t.intermediate_values for t in resumed})
 
-    if not past:  # queued in study.db, where the tag goes with the point (OptunaSearch's own queue takes none)
+    if not past:  # queued in the study, where the tag goes with the point (OptunaSearch's own queue takes none)
         for i, point in enumerate(first_points):
             study.enqueue_trial(point, user_attrs={PAPER_DEFAULTS_ATTR: True} if i == 0 else None)
     searcher = PruningAwareOptunaSearch(
         space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE,
         sampler=tpe_sampler(settings.trials, settings.seed + len(finished)), study_name=STUDY_NAME,
         storage=storage, max_t=settings.max_epochs, checkpoint_root=f"{storage_path}/{name}", resume=resumed,
-        on_resume=scheduler.replay)
+        on_resume=scheduler.replay, retire=functools.partial(_retire_when_recorded, journal))
     trainable = tune.with_resources(tune.with_parameters(trial, setup=setup),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     tuner = tune.Tuner(
@@ -166,8 +186,13 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, verbose=0,
-            callbacks=[progress, *callbacks],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Tune's own loggers would write CSV and TensorBoard files for every result on the
+            # driver; result.json (one line per result) is kept for post-mortems.
+            callbacks=[progress, JsonLoggerCallback(), *callbacks],
+            # The searcher deletes superseded checkpoints (keeping one per trial): Tune's num_to_keep
+            # would save its whole experiment state at every checkpoint, a cost per result that grows
+            # with the study.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=1)),
     )
     # With a searcher Tune keeps one trial pending at a time, so the trials of the first wave start
@@ -180,4 +205,3 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     finally:
         if ours:
             del os.environ[PENDING_ENV]
-    write_dashboard_copy(run_dir)
