@@ -148,6 +148,16 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(spec["run_dir"])
     run_dir.mkdir(parents=True)
     init_ray(None, num_cpus=spec["actors"])  # the product's local Ray, with one logical CPU per actor
+    copy_seconds: list[float] = []
+    if hasattr(product, "write_dashboard_copy"):  # the study.db copy written when the search ends
+        copy = product.write_dashboard_copy
+
+        def timed_copy(run_dir: Path) -> None:
+            start = time.perf_counter()
+            copy(run_dir)
+            copy_seconds.append(time.perf_counter() - start)
+
+        product.write_dashboard_copy = timed_copy
     machine0, wall0, cpu0 = machine_cpu(), time.time(), time.process_time()
     product.run_search(run_dir, setup, define_by_run("softtriple", defaults),
                        [default_config("softtriple", defaults)], settings, lines.append, [Log()],
@@ -201,6 +211,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         "best_selected": float(best[f"best_{SELECTION_METRIC}"]),
         "best_true": scale_trial.true_score(params, MAX_EPOCHS), "progress_lines": len(lines),
         "study_mb": sum(p.stat().st_size for p in run_dir.glob("study*")) / 2**20,
+        "dashboard_copy_s": sum(copy_seconds),
     }
 
 
@@ -298,7 +309,8 @@ def describe(label: str, r: dict[str, Any]) -> str:
             f"    ask ms at study size: {asks}; storage writes/result {r['writes_per_result']:.1f}, "
             f"median write {r['write_ms_median'] or 0:.2f} ms\n"
             f"    per call (thread CPU ms x calls per result): {calls}\n"
-            f"    driver peak {r['peak_mb']:.0f} MB, study files {r['study_mb']:.1f} MB, machine busy "
+            f"    driver peak {r['peak_mb']:.0f} MB, study files {r['study_mb']:.1f} MB (study.db copy "
+            f"{r.get('dashboard_copy_s', 0):.1f} s after the search), machine busy "
             f"{r['machine_busy']:.2f} of {os.cpu_count()} cores, load {r['load'][0]:.1f}, torch in trials: "
             f"{r['torch_in_trials']}\n"
             f"    best: selected val {r['best_selected']:.4f}, its true score {r['best_true']:.4f} (optimum 0.7 at t=inf)")

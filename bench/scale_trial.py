@@ -1,7 +1,7 @@
 """A simulated trial for bench/scale.py and the scale test: it sleeps through its epochs and reports
 a score from a synthetic response surface over softtriple's search space, with a checkpoint per epoch.
 
-It imports neither torch nor the data (nor trainables.ray_tune, which does), so a Ray worker that
+It imports neither torch nor the data (nor trainables.trial, which does), so a Ray worker that
 runs it costs only Ray's and Tune's own start-up: the driver's side is what is measured.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from ray import tune
 
 from trainables.config import SELECTION_METRIC
 
-EPOCH = "epoch"  # trainables.ray_tune.EPOCH: the progress attribute ASHA and Optuna count in
-RESUME_KEY = "resume"  # trainables.ray_tune.RESUME_KEY: a continued study trial's checkpoint
+EPOCH = "epoch"  # trainables.trial.EPOCH: the progress attribute ASHA and Optuna count in
+RESUME_KEY = "resume"  # trainables.trial.RESUME_KEY: a continued study trial's checkpoint
 STATE_FILE = "epoch.json"
 
 # The surface's optimum (a point inside softtriple's space) and each parameter's width, on the

@@ -102,7 +102,7 @@ def check_address(address: str, timeout_s: float = 3.0) -> None:
     Raises ValueError naming the address and what to do.
     """
     if address.startswith("ray://"):
-        # Under Ray Client, Tune runs the search on the cluster: study.db, the run directory and the
+        # Under Ray Client, Tune runs the search on the cluster: the study, the run directory and the
         # progress lines would all be on the head node, not here.
         raise ValueError(f"--address {address}: Ray Client (ray://) is not supported, because the study and "
                          "the run directory must live where the search runs. Run search.py on the cluster's "

@@ -1,6 +1,6 @@
 """The resumable search algorithm: a pruning-aware Optuna searcher and an ASHA whose rungs can be refilled.
 
-study.db is the record a restarted driver trusts (Ray's `Tuner.restore` brings back neither the
+study.journal is the record a restarted driver trusts (Ray's `Tuner.restore` brings back neither the
 searcher's view of trials finished after its last snapshot nor ASHA's rungs): every epoch's
 score and the path of that epoch's checkpoint go into the Optuna trial as they arrive, so a
 later driver keeps every finished trial, continues each interrupted one from its last checkpoint
@@ -49,7 +49,7 @@ def last_checkpoint(trial: FrozenTrial) -> str | None:
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna an ASHA-stopped trial is PRUNED, and keeps study.db resumable.
+    """OptunaSearch that tells Optuna an ASHA-stopped trial is PRUNED, and keeps the study resumable.
 
     Ray's OptunaSearch tells every trial that ends without error as COMPLETE with its last
     value, so a config stopped after one epoch looks like a finished one with a low score and
@@ -57,7 +57,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
     intermediate value (already reported each epoch) and TPE ranks pruned trials by the step
     they reached. A trial that ran the full budget is told its best epoch's value, the number
     selection ranks it by, not its last. Each Optuna trial also records its Ray trial id (linking
-    study.db to ray/), the location of its latest checkpoint, and why it diverged if it did.
+    the study to ray/), the location of its latest checkpoint, and why it diverged if it did.
 
     `resume` are study trials an earlier driver left RUNNING: the first suggestions hand them out
     again (same trial number, same params, RESUME_KEY naming the checkpoint to continue from, if

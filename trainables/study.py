@@ -34,7 +34,7 @@ STUDY_NAME = "dmltune"
 STUDY_FILE = "study.db"  # the sqlite copy (optuna-dashboard sqlite:///study.db)
 JOURNAL_FILE = "study.journal"  # the live record
 
-# User attribute linking a study trial to its Ray Tune trial (study.db <-> ray/).
+# User attribute linking a study trial to its Ray Tune trial (the study <-> ray/).
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
 # Result key and user attribute holding why a trial diverged (its loss became NaN/inf).
 DIVERGED = "diverged"
