@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
 
@@ -186,6 +187,11 @@ def write_dashboard_copy(run_dir: Path) -> None:
     """study.db from the journal, for optuna-dashboard: written aside, then renamed over the old copy."""
     aside = run_dir / (STUDY_FILE + ".tmp")
     aside.unlink(missing_ok=True)
-    optuna.copy_study(from_study_name=STUDY_NAME, from_storage=_journal(run_dir / JOURNAL_FILE),
-                      to_storage=study_url(run_dir, aside.name))
+    copy = optuna.storages.RDBStorage(study_url(run_dir, aside.name))
+    # A copy that is renamed into place when whole needs no sync per trial (sqlite's default
+    # fsyncs every commit, and Optuna commits once per trial).
+    sqlalchemy.event.listen(copy.engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA synchronous=OFF"))
+    copy.engine.dispose()
+    optuna.copy_study(from_study_name=STUDY_NAME, from_storage=_journal(run_dir / JOURNAL_FILE), to_storage=copy)
+    copy.engine.dispose()
     os.replace(aside, run_dir / STUDY_FILE)
