@@ -125,6 +125,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     from trainables.ray_cluster import init_ray
     from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA
     from results import tables
+    from results.select import select_top
 
     register_pickle_by_value(scale_trial)  # workers need not find bench/ on their path
     timings = Timings()
@@ -190,7 +191,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         near = [s for n, s in timings.asks if abs(n - mark) <= max(25, mark // 20)]
         if near and mark <= spec["trials"]:
             asks[mark] = 1000 * median(near)
-    best = tables.select_top(frame, 1).iloc[0]
+    best = select_top(frame, 1).iloc[0]
     params = {k.removeprefix("param_"): best[k] for k in tables.param_columns(frame)}
     states = frame["state"].value_counts().to_dict()
     return {
