@@ -14,7 +14,6 @@ driver spends its time proposing. The window keeps what decides TPE's proposals:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Container
 from typing import Any
 
 import optuna
@@ -22,26 +21,10 @@ from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from trainables.private_api import trials_view
+
 GOOD = 25  # TPE's largest "good" group (optuna's default_gamma caps it at 25)
 HISTORY = 500  # other finished trials TPE models: ~the study size where an ask costs ~4x one at 100 trials
-
-
-class _Window:
-    """A study as TPE reads it, with its trial list cut to `trials`; all else is the study's.
-
-    TPE reads a study's trials through `Study._get_trials` (Optuna has no public hook for the
-    trials a sampler models); everything else it uses (directions, storage) passes through.
-    """
-
-    def __init__(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
-        self._study, self._trials = study, trials
-
-    def _get_trials(self, deepcopy: bool = False, states: Container[TrialState] | None = None,
-                    use_cache: bool = False) -> list[FrozenTrial]:
-        return [t for t in self._trials if states is None or t.state in states]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
 
 
 def _rank(trial: FrozenTrial, sign: float) -> tuple[int, float, float]:
@@ -65,8 +48,7 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
 
     def window(self, study: optuna.Study) -> list[FrozenTrial]:
         """The trials (in number order) TPE models for the next proposal; every trial while few."""
-        trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                           TrialState.RUNNING))
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
         finished = [t for t in trials if t.state != TrialState.RUNNING]
         if len(finished) <= self.history + 2 * GOOD:
             return trials
@@ -82,4 +64,4 @@ class WindowedTPESampler(optuna.samplers.TPESampler):
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not search_space:
             return {}
-        return super().sample_relative(_Window(study, self.window(study)), trial, search_space)
+        return super().sample_relative(trials_view(study, self.window(study)), trial, search_space)
