@@ -4,7 +4,7 @@
     python bench/scale.py --slots 16,64,256 --trials 2000 --reference <git ref>
 
 The project's real driver side runs (run_search: the pruning-aware Optuna searcher, resumable ASHA,
-study.db, the progress lines, per-epoch checkpoints; then trials.parquet) with simulated trials
+the study record, the progress lines, per-epoch checkpoints; then trials.parquet) with simulated trials
 (bench/scale_trial.py) that sleep through their epochs and score on a synthetic surface over
 softtriple's space. Each configuration runs in a fresh process (its own local Ray, its own peak
 memory). `--reference REF` runs the same configurations on the product as of git REF first (the
