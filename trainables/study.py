@@ -89,12 +89,12 @@ class WriteBehindJournal(BaseJournalBackend):
                 raise RuntimeError(f"The study journal {self.path} was closed; open the study again to write to it.")
             self._logs.extend(logs)
             self._pending.extend(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def when_durable(self, fn: Callable[[], None]) -> None:
         with self._cond:
             self._after.append(fn)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def flush(self) -> None:
         """Return once every log appended so far is on disk."""
@@ -106,7 +106,7 @@ class WriteBehindJournal(BaseJournalBackend):
         self.flush()
         with self._cond:
             self._closed = True
-            self._cond.notify()
+            self._cond.notify_all()
         self._thread.join()
 
     def _write(self) -> None:
