@@ -54,7 +54,7 @@ class SearchSettings:
 
 def tpe_sampler(trials: int, seed: int) -> optuna.samplers.TPESampler:
     """TPE whose random start-up phase fits the budget (Optuna's default of 10 would be all of a small study),
-    modelling a bounded window of the study so a proposal costs the same at 2,000 trials as at 600."""
+    modelling a bounded window of the study, so a proposal at 2,000 trials costs what one at 1,000 does."""
     return WindowedTPESampler(seed=seed, multivariate=True, constant_liar=True,
                               n_startup_trials=max(2, min(10, trials // 3)))
 
