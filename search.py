@@ -293,7 +293,7 @@ def _drive(cfg: RunConfig, resume: bool, echo: Any) -> int:
          f"training classes, tested once on {len(dataset.test_classes)} test classes (Recall in %):")
     print_final(final, list(cfg.ks), echo)
     echo(f"\nreport: {write_report(run_dir)}")
-    echo(f"run directory: {run_dir}  (config.json, study.db, trials.parquet, final/, final.parquet, "
+    echo(f"run directory: {run_dir}  (config.json, study.journal, study.db, trials.parquet, final/, final.parquet, "
          f"test_ledger.jsonl, ray/)  in {time.perf_counter() - started:.0f}s")
     return 0
 

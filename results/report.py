@@ -3,7 +3,7 @@
     python -m results.report runs/<name>      # (re)write runs/<name>/report.html
 
 search.py writes it at the end of every run. It reads only the run directory (config.json,
-study.db, final.parquet, test_ledger.jsonl), so it also describes an interrupted or untested run.
+the study, final.parquet, test_ledger.jsonl), so it also describes an interrupted or untested run.
 Plots are matplotlib PNGs inlined as base64: the file can be mailed or archived on its own.
 """
 from __future__ import annotations

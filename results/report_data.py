@@ -1,4 +1,4 @@
-"""The report's data: one run directory read once (config.json, study.db, the ledger, final.parquet)."""
+"""The report's data: one run directory read once (config.json, the study, the ledger, final.parquet)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from results import ledger, tables
 from results.console import ledger_frame
 from spaces import OptimiserDefaults, default_config
 from trainables.run_config import RunConfig
-from trainables.study import DIVERGED, PAPER_DEFAULTS_ATTR, STUDY_FILE
+from trainables.study import DIVERGED, PAPER_DEFAULTS_ATTR, has_study
 
 
 @dataclass
@@ -39,8 +39,8 @@ class ReportError(RuntimeError):
 
 def load(run_dir: Path) -> Run:
     config_path = run_dir / "config.json"
-    if not config_path.exists() or not (run_dir / STUDY_FILE).exists():
-        raise ReportError(f"{run_dir} is not a dmltune run directory (config.json and study.db expected); "
+    if not config_path.exists() or not has_study(run_dir):
+        raise ReportError(f"{run_dir} is not a dmltune run directory (config.json and study.journal expected); "
                           "give the --out of a run.")
     config = json.loads(config_path.read_text())
     try:
@@ -70,7 +70,7 @@ def shown_states(trials: pd.DataFrame) -> pd.Series:
 
 
 def defaults_trial(study: optuna.Study, cmd: RunConfig) -> int | None:
-    """The first trial tagged in study.db as the paper's defaults (PAPER_DEFAULTS_ATTR).
+    """The first trial tagged in the study as the paper's defaults (PAPER_DEFAULTS_ATTR).
 
     A study written before the tag existed has none; there the first trial whose params equal the
     defaults is taken (the search enqueues them first).

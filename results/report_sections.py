@@ -243,8 +243,9 @@ def provenance_section(run: Run) -> str:
             f"<code>{html.escape(revision)}</code><br>Versions: {html.escape(versions)}</p>"
             f"<details><summary>Class ids of every split</summary>{ids}</details>"
             f"<p>Each test evaluation is in <code>{ledger.LEDGER_NAME}</code> with its config, hash, seed, "
-            "dataset fingerprint and these class ids; the study is <code>study.db</code> "
-            "(<code>optuna-dashboard sqlite:///study.db</code> opens it).</p>")
+            "dataset fingerprint and these class ids; the study is <code>study.journal</code>, copied to "
+            "<code>study.db</code> when the search ends (<code>optuna-dashboard sqlite:///study.db</code> "
+            "opens it).</p>")
 
 
 def _html_table(head: list[str], body: list[list[str]], header: bool = True) -> str:

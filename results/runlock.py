@@ -1,6 +1,6 @@
 """One driver at a time per run directory.
 
-Two drivers on the same --out would continue the same Optuna study (study.db) and both retrain
+Two drivers on the same --out would continue the same Optuna study (study.journal) and both retrain
 and test. A driver holds an exclusive flock on RUN/run.lock for its whole life, so a second one is
 refused. The OS drops a flock when its holder dies, so a killed driver never blocks a later
 --resume: there is no stale lock to clear.

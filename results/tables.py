@@ -1,6 +1,6 @@
 """The run's Parquet tables: one row per trial (trials.parquet), one per retrain (final.parquet).
 
-trials.parquet is built from study.db, the Optuna study every trial was told to: it survives
+trials.parquet is built from the Optuna study every trial was told to (trainables/study.py): it survives
 a restarted driver, and each trial's per-epoch validation Recall@1 is its intermediate values.
 """
 from __future__ import annotations
@@ -14,15 +14,11 @@ import pandas as pd
 
 from trainables.atomic import write_atomic
 from trainables.config import SELECTION_METRIC
-from trainables.study import DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, STUDY_NAME, study_url
+from trainables.study import DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, load_study  # noqa: F401 (read from here)
 
 STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
           optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",
           optuna.trial.TrialState.WAITING: "waiting"}
-
-
-def load_study(run_dir: Path) -> optuna.Study:
-    return optuna.load_study(study_name=STUDY_NAME, storage=study_url(run_dir))
 
 
 def trials_frame(study: optuna.Study, max_epochs: int) -> pd.DataFrame:

@@ -13,7 +13,6 @@ from typing import Any
 import optuna
 import pandas as pd
 import pytest
-import sqlalchemy.exc
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import TrialScheduler
@@ -205,19 +204,15 @@ def _kill_session(sid: int) -> None:
 
 
 def _wait_for_interruptible_state(run_dir: Path, log: Path, driver: subprocess.Popen, timeout_s: float = 240) -> None:
-    """Until study.db holds a finished trial and a running one with a checkpoint on storage.
+    """Until the study holds a finished trial and a running one with a checkpoint on storage.
 
-    study.db is read only once the driver printed its first trial: opening it while the driver
-    creates it would race the driver's schema set-up.
+    The study is read only once the driver printed its first trial, so it exists.
     """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert driver.poll() is None, f"the search ended before it could be interrupted:\n{log.read_text()}"
         if "started:" in log.read_text():
-            try:
-                trials = _snapshot(run_dir).values()
-            except sqlalchemy.exc.OperationalError:  # the driver holds the write lock this instant
-                trials = []
+            trials = _snapshot(run_dir).values()  # the journal reads while the driver appends
             if any(t.state.is_finished() for t in trials) and any(
                     t.state == TrialState.RUNNING and CHECKPOINT_ATTR in t.user_attrs for t in trials):
                 return

@@ -131,3 +131,29 @@ def test_the_prestart_flag_is_still_read_by_the_raylet() -> None:
     raylet = Path(ray.__file__).parent / "core" / "src" / "ray" / "raylet" / "raylet"
     with contract("skip_worker_prestart"):
         assert private_api.PRESTART_FLAG.encode() in raylet.read_bytes(), f"{raylet} has no {private_api.PRESTART_FLAG}"
+
+
+def test_tpe_proposes_from_a_trials_view_as_from_a_study_of_just_those_trials() -> None:
+    """TPE reads its trials through the view: the whole study viewed as its last 30 trials proposes
+    what a study holding only those 30 does (same seed), and not what the whole study does."""
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    whole, last = optuna.create_study(direction="maximize"), optuna.create_study(direction="maximize")
+    for i in range(60):  # early trials favour a small lr, late ones a large one
+        value = -abs(i / 60 - (0.0 if i < 30 else 1.0))
+        trial = optuna.trial.create_trial(params={"lr": 1e-4 * 100 ** (i / 60)}, distributions=lr, value=value)
+        whole.add_trial(trial)
+        if i >= 30:
+            last.add_trial(trial)
+    for study in (whole, last):
+        study.ask(lr)
+
+    def propose(study: optuna.Study, view: bool) -> dict:
+        sampler = optuna.samplers.TPESampler(seed=0, multivariate=True, constant_liar=False)
+        trials = study.get_trials(deepcopy=False)
+        seen = private_api.trials_view(study, trials[30:]) if view else study
+        return sampler.sample_relative(seen, trials[-1], lr)
+
+    with contract("trials_view"):
+        viewed = propose(whole, view=True)
+        assert viewed == propose(last, view=False), "TPE did not model (only) the view's trials"
+        assert viewed != propose(whole, view=False), "the view changed nothing TPE read"

@@ -8,7 +8,7 @@ broke, and pyproject.toml caps both libraries at the releases that test passed o
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Container, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -16,7 +16,7 @@ from ray._private.services import canonicalize_bootstrap_address_or_die
 from ray.train.constants import CHECKPOINT_DIR_NAME
 
 if TYPE_CHECKING:
-    from optuna.trial import FrozenTrial
+    from optuna.trial import FrozenTrial, TrialState
     from ray.tune.search.optuna import OptunaSearch
 
 
@@ -88,3 +88,27 @@ def skip_worker_prestart() -> None:
     it only through its private `_system_config`.
     """
     os.environ.setdefault(f"RAY_{PRESTART_FLAG}", "0")
+
+
+class _TrialsView:
+    """A study whose trial list, as a sampler reads it, is `trials`; all else is the study's."""
+
+    def __init__(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> None:
+        self._study, self._trials = study, trials
+
+    def _get_trials(self, deepcopy: bool = False, states: Container[TrialState] | None = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        return [t for t in self._trials if states is None or t.state in states]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+def trials_view(study: optuna.Study, trials: Sequence[FrozenTrial]) -> optuna.Study:
+    """`study` as TPE sees it when it models only `trials` (trainables/sampler.py's bounded window).
+
+    Optuna's TPESampler reads a study's trials through the private `Study._get_trials` and offers
+    no public way to choose which trials it models; the view answers that call from `trials` and
+    passes everything else (directions, storage for constant liar's notes) to the study.
+    """
+    return _TrialsView(study, trials)  # type: ignore[return-value]  # a Study to TPE, not an instance of one

@@ -104,7 +104,7 @@ def check_address(address: str, timeout_s: float = 3.0) -> None:
     Raises ValueError naming the address and what to do.
     """
     if address.startswith("ray://"):
-        # Under Ray Client, Tune runs the search on the cluster: study.db, the run directory and the
+        # Under Ray Client, Tune runs the search on the cluster: the study, the run directory and the
         # progress lines would all be on the head node, not here.
         raise ValueError(f"--address {address}: Ray Client (ray://) is not supported, because the study and "
                          "the run directory must live where the search runs. Run search.py on the cluster's "
@@ -177,6 +177,9 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
     # Tune's console printer would swap builtins.print for tqdm_ray's (we draw no bars); the echo
     # callables Tune pickles with ProgressLines (print, by default) must stay the real one.
     os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
+    # Tune's automatic CSV and TensorBoard loggers write files on the driver for every result;
+    # run_search adds the JSON one (result.json) itself.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if ray.is_initialized():
         return

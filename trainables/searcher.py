@@ -1,6 +1,6 @@
 """The resumable search algorithm: a pruning-aware Optuna searcher and an ASHA whose rungs can be refilled.
 
-study.db is the record a restarted driver trusts (Ray's `Tuner.restore` brings back neither the
+study.journal is the record a restarted driver trusts (Ray's `Tuner.restore` brings back neither the
 searcher's view of trials finished after its last snapshot nor ASHA's rungs): every epoch's
 score and the path of that epoch's checkpoint go into the Optuna trial as they arrive, so a
 later driver keeps every finished trial, continues each interrupted one from its last checkpoint
@@ -27,6 +27,15 @@ from trainables.trial import EPOCH, RESUME_KEY
 logger = logging.getLogger(__name__)
 
 
+def delete_checkpoint(location: str) -> None:
+    """Remove a checkpoint directory (a local path or a storage URI) the study no longer points at."""
+    fs, path = pyarrow.fs.FileSystem.from_uri(location)
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:
+        pass
+
+
 def last_checkpoint(trial: FrozenTrial) -> str | None:
     """Where an interrupted study trial's latest checkpoint is, if it still exists."""
     location = trial.user_attrs.get(CHECKPOINT_ATTR)
@@ -40,7 +49,7 @@ def last_checkpoint(trial: FrozenTrial) -> str | None:
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna an ASHA-stopped trial is PRUNED, and keeps study.db resumable.
+    """OptunaSearch that tells Optuna an ASHA-stopped trial is PRUNED, and keeps the study resumable.
 
     Ray's OptunaSearch tells every trial that ends without error as COMPLETE with its last
     value, so a config stopped after one epoch looks like a finished one with a low score and
@@ -48,20 +57,28 @@ class PruningAwareOptunaSearch(OptunaSearch):
     intermediate value (already reported each epoch) and TPE ranks pruned trials by the step
     they reached. A trial that ran the full budget is told its best epoch's value, the number
     selection ranks it by, not its last. Each Optuna trial also records its Ray trial id (linking
-    study.db to ray/), the location of its latest checkpoint, and why it diverged if it did.
+    the study to ray/), the location of its latest checkpoint, and why it diverged if it did.
 
     `resume` are study trials an earlier driver left RUNNING: the first suggestions hand them out
     again (same trial number, same params, RESUME_KEY naming the checkpoint to continue from, if
     any), and `on_resume(ray_trial_id, curve)` lets the scheduler learn what they already reported.
+
+    A trial keeps one checkpoint, its latest: once the study records a newer one, `retire(location)`
+    is handed the one before (run_search deletes it when the record of the newer one is on disk).
+    Tune's own `num_to_keep=1` would instead save Tune's whole experiment state at every checkpoint,
+    a cost per result that grows with the study.
     """
 
     def __init__(self, *args: Any, max_t: int, checkpoint_root: str, resume: Sequence[FrozenTrial] = (),
-                 on_resume: Callable[[str, Mapping[int, float]], None] | None = None, **kwargs: Any) -> None:
+                 on_resume: Callable[[str, Mapping[int, float]], None] | None = None,
+                 retire: Callable[[str], None] = delete_checkpoint, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_t = max_t
         self.checkpoint_root = checkpoint_root.rstrip("/")  # Ray's experiment directory (path or URI)
         self._resume = list(resume)
         self._on_resume = on_resume
+        self._retire = retire
+        self._checkpoints: dict[str, str] = {}  # Ray trial id -> its latest checkpoint in the study
         self._last_step: dict[str, int] = {}  # Ray trial id -> last epoch reported to Optuna
         self._best: dict[str, float] = {}  # Ray trial id -> best value reported to Optuna
         self._earlier_seconds: dict[str, float] = {}  # Ray trial id -> seconds earlier drivers ran its study trial
@@ -77,8 +94,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
             for step, value in past.intermediate_values.items():
                 self._note(trial_id, value, step)
             self._earlier_seconds[trial_id] = past.user_attrs.get(SECONDS_ATTR, 0.0)
-            if self._on_resume and checkpoint:
-                self._on_resume(trial_id, past.intermediate_values)
+            if checkpoint:
+                self._checkpoints[trial_id] = checkpoint
+                if self._on_resume:
+                    self._on_resume(trial_id, past.intermediate_values)
         else:
             config = super().suggest(trial_id)
         searcher_trial(self, trial_id).set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
@@ -91,8 +110,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         ot_trial.report(result[self.metric], result[EPOCH])
         self._note(trial_id, result[self.metric], result[EPOCH])
         self._record_seconds(trial_id, result)
-        if checkpoint := reported_checkpoint_dir(result):  # already on storage: the worker uploads it before reporting
-            ot_trial.set_user_attr(CHECKPOINT_ATTR, f"{self.checkpoint_root}/{trial_id}/{checkpoint}")
+        self._record_checkpoint(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._told:
@@ -109,6 +127,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
             ot_trial.report(value, step)
             self._note(trial_id, value, step)
         self._record_seconds(trial_id, result)
+        self._record_checkpoint(trial_id, result)
         if error:  # Ray's OptunaSearch would call an errored trial that had reported COMPLETE
             study.tell(ot_trial, state=TrialState.FAIL)
         elif value is not None and step >= self.max_t and DIVERGED not in result:
@@ -121,6 +140,20 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if "time_total_s" in result:
             seconds = self._earlier_seconds.get(trial_id, 0.0) + result["time_total_s"]
             searcher_trial(self, trial_id).set_user_attr(SECONDS_ATTR, seconds)
+
+    def _record_checkpoint(self, trial_id: str, result: dict) -> None:
+        checkpoint = reported_checkpoint_dir(result)
+        if not checkpoint:
+            return
+        # Already on storage: the worker uploads a checkpoint before reporting it.
+        location = f"{self.checkpoint_root}/{trial_id}/{checkpoint}"
+        before = self._checkpoints.get(trial_id)
+        if location == before:
+            return
+        searcher_trial(self, trial_id).set_user_attr(CHECKPOINT_ATTR, location)
+        self._checkpoints[trial_id] = location
+        if before:
+            self._retire(before)
 
     def _note(self, trial_id: str, value: float, step: int) -> None:
         self._last_step[trial_id] = step

@@ -7,6 +7,7 @@ space), ASHA stops weak trials at its rungs (DESIGN §6).
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -15,17 +16,21 @@ from typing import Any
 
 import optuna
 import ray
+from optuna.storages import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.logger import JsonLoggerCallback
 
 from trainables.config import SELECTION_METRIC, SELECTION_MODE
 from trainables.private_api import reopen_trial
 from trainables.progress import ProgressLines
 from trainables.ray_cluster import init_ray, is_uri, trial_slots
 from trainables.ray_data import share
-from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA, last_checkpoint
-from trainables.study import DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, STUDY_NAME, study_storage
+from trainables.sampler import WindowedTPESampler
+from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA, delete_checkpoint, last_checkpoint
+from trainables.study import (DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, STUDY_NAME, WriteBehindJournal, open_journal,
+                              write_dashboard_copy)
 from trainables.trial import TrialSetup, run_trial
 
 EXPERIMENT_DIR = "ray"
@@ -49,9 +54,10 @@ class SearchSettings:
 
 
 def tpe_sampler(trials: int, seed: int) -> optuna.samplers.TPESampler:
-    """TPE whose random start-up phase fits the budget (Optuna's default of 10 would be all of a small study)."""
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                      n_startup_trials=max(2, min(10, trials // 3)))
+    """TPE whose random start-up phase fits the budget (Optuna's default of 10 would be all of a small study),
+    modelling a bounded window of the study, so a proposal at 2,000 trials costs what one at 1,000 does."""
+    return WindowedTPESampler(seed=seed, multivariate=True, constant_liar=True,
+                              n_startup_trials=max(2, min(10, trials // 3)))
 
 
 def experiment_location(run_dir: Path, storage_path: str | None) -> tuple[str, str]:
@@ -104,29 +110,49 @@ def settle_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[Froze
 
 def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial], Any],
                first_points: list[dict[str, float]], settings: SearchSettings,
-               echo: Callable[[str], None] = print, callbacks: Sequence[tune.Callback] = ()) -> None:
+               echo: Callable[[str], None] = print, callbacks: Sequence[tune.Callback] = (),
+               trial: Callable[[dict[str, Any], Any], None] = run_trial) -> None:
     """Run the study up to its budget: TPE proposals, ASHA stopping, trials in parallel under Ray Tune.
 
-    The study lives in `run_dir/study.db` (optuna-dashboard reads it); Ray's experiment in
+    The study is recorded in `run_dir/study.journal` as results arrive and copied to `run_dir/study.db`
+    (optuna-dashboard reads it) when the search ends (trainables/study.py); Ray's experiment in
     `run_dir/ray` unless `settings.storage_path` points at storage every node reaches. On a study
     an earlier driver left unfinished, finished trials stay as they are (TPE learns from them
     and ASHA's rungs are refilled from their curves), interrupted ones continue from their last
-    checkpoint, and only the rest of the budget is proposed anew.
+    checkpoint, and only the rest of the budget is proposed anew. `trial(config, setup)` runs one
+    trial: run_trial, or bench/scale.py's simulated one, which drives this same search at scale.
 
     A fresh study runs `first_points` first, in order; the first is the paper's defaults and its
     trial carries the user attribute PAPER_DEFAULTS_ATTR, which the report compares the search with.
     """
-    # Refused before study.db or Ray is touched: ASHA's own check is an assert deep in Tune's start-up.
+    # Refused before the study or Ray is touched: ASHA's own check is an assert deep in Tune's start-up.
     scheduler = ResumableASHA(max_t=settings.max_epochs, grace_period=settings.grace_period,
                               reduction_factor=settings.reduction_factor)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = study_storage(run_dir)
+    journal = open_journal(run_dir)
+    try:
+        _search(run_dir, journal, scheduler, setup, space, first_points, settings, echo, callbacks, trial)
+    finally:
+        journal.close()
+    write_dashboard_copy(run_dir)
+
+
+def _retire_when_recorded(journal: WriteBehindJournal, location: str) -> None:
+    """Delete a superseded checkpoint once the journal's record of its successor is on disk."""
+    journal.when_durable(functools.partial(delete_checkpoint, location))
+
+
+def _search(run_dir: Path, journal: WriteBehindJournal, scheduler: ResumableASHA, setup: Any,
+            space: Callable[[optuna.Trial], Any],
+            first_points: list[dict[str, float]], settings: SearchSettings, echo: Callable[[str], None],
+            callbacks: Sequence[tune.Callback], trial: Callable[[dict[str, Any], Any], None]) -> None:
+    storage = JournalStorage(journal)
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
                                 direction="maximize" if SELECTION_MODE == "max" else "minimize")
     past = study.get_trials(deepcopy=False)
     finished, resumed, rerun = settle_earlier_drivers(study, settings.trials)
     budget = settings.trials - len(finished)
-    if budget <= 0:
+    if budget <= 0:  # an earlier driver finished the search (and may have died before its copy)
         return
     init_ray(settings.address, dashboard=settings.dashboard)
     if setup.data is not None:  # into the object store once, checked to fit, before any trial
@@ -147,15 +173,15 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     progress = ProgressLines(budget, settings.max_epochs, echo, earlier=selectable,
                              resumed={t.number: t.intermediate_values for t in resumed})
 
-    if not past:  # queued in study.db, where the tag goes with the point (OptunaSearch's own queue takes none)
+    if not past:  # queued in the study, where the tag goes with the point (OptunaSearch's own queue takes none)
         for i, point in enumerate(first_points):
             study.enqueue_trial(point, user_attrs={PAPER_DEFAULTS_ATTR: True} if i == 0 else None)
     searcher = PruningAwareOptunaSearch(
         space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE,
         sampler=tpe_sampler(settings.trials, settings.seed + len(finished)), study_name=STUDY_NAME,
         storage=storage, max_t=settings.max_epochs, checkpoint_root=f"{storage_path}/{name}", resume=resumed,
-        on_resume=scheduler.replay)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+        on_resume=scheduler.replay, retire=functools.partial(_retire_when_recorded, journal))
+    trainable = tune.with_resources(tune.with_parameters(trial, setup=setup),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
@@ -163,8 +189,13 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
                                     reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, verbose=0,
-            callbacks=[progress, *callbacks],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Tune's own loggers would write CSV and TensorBoard files for every result on the
+            # driver; result.json (one line per result) is kept for post-mortems.
+            callbacks=[progress, JsonLoggerCallback(), *callbacks],
+            # The searcher deletes superseded checkpoints (keeping one per trial): Tune's num_to_keep
+            # would save its whole experiment state at every checkpoint, a cost per result that grows
+            # with the study.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=1)),
     )
     # With a searcher Tune keeps one trial pending at a time, so the trials of the first wave start
