@@ -12,6 +12,9 @@ import optuna
 
 STUDY_NAME = "dmltune"
 STUDY_FILE = "study.db"
+# A loss tournament (search.py --loss all) keeps one study per loss in the same study.db, and each of
+# its trials carries its loss in its config under this key (a single-loss run's configs do not).
+LOSS_KEY = "loss"
 
 # User attribute linking a study trial to its Ray Tune trial (study.db <-> ray/).
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
@@ -31,6 +34,12 @@ CHECKPOINT_ATTR = "checkpoint"
 # report compares the search against it. True on exactly one trial; when that trial is closed as a
 # rerun (RERUN_ATTR), its tag is set to False and its rerun carries True.
 PAPER_DEFAULTS_ATTR = "paper_defaults"
+
+
+def study_name(loss: str, tournament: bool) -> str:
+    """The study of `loss` in study.db: a single-loss run keeps the name every earlier run used, so
+    those resume; a tournament names one study per loss."""
+    return f"{STUDY_NAME}-{loss}" if tournament else STUDY_NAME
 
 
 def study_url(run_dir: Path) -> str:
