@@ -88,8 +88,9 @@ def test_asha_never_stops_a_trial_on_another_losss_rung_values() -> None:
 
 
 def test_replayed_curves_fill_only_their_own_losss_rungs() -> None:
-    per_loss = PerLossASHA({"triplet": _asha(), "ms": _asha()})
+    triplet = _asha()
     for i, value in enumerate((0.9, 0.95, 0.97)):
-        per_loss.replay("triplet", f"study-{i}", {1: value})
+        triplet.replay(f"study-{i}", {1: value})
+    per_loss = PerLossASHA({"triplet": triplet, "ms": _asha()})
     assert _first_rung(per_loss, [_trial("ms0", "ms")], [0.2]) == [TrialScheduler.CONTINUE]
     assert _first_rung(per_loss, [_trial("t0", "triplet")], [0.5]) == [TrialScheduler.STOP]

@@ -79,7 +79,8 @@ class TournamentSearch(Searcher):
 class PerLossASHA(FIFOScheduler):
     """One ResumableASHA per loss; every trial event goes to the ASHA of the trial's loss (its LOSS_KEY).
 
-    Pending trials start in Tune's order (FIFO): which trial runs next is not a per-loss question.
+    Pending trials start in Tune's order (FIFO): which trial runs next is not a per-loss question. Curves
+    an earlier driver saw are replayed into the loss's own ResumableASHA before it is handed in.
     """
 
     def __init__(self, schedulers: Mapping[str, ResumableASHA]) -> None:
@@ -93,10 +94,6 @@ class PerLossASHA(FIFOScheduler):
             raise ValueError(f"Trial {trial.trial_id} has loss {loss!r} in its config, but this tournament "
                              f"schedules {sorted(self._by_loss)}.")
         return self._by_loss[loss]
-
-    def replay(self, loss: str, key: str, curve: Mapping[int, float]) -> None:
-        """ResumableASHA.replay into `loss`'s ASHA: a curve an earlier driver saw for that loss."""
-        self._by_loss[loss].replay(key, curve)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return all([s.set_search_properties(metric, mode, **spec) for s in self._by_loss.values()])
