@@ -18,7 +18,8 @@ from scipy import stats
 
 from results import tables
 from spaces import OptimiserDefaults, default_config
-from trainables.config import LOSS_KEY, SELECTION_METRIC
+from trainables.config import SELECTION_METRIC
+from trainables.study import LOSS_KEY
 
 BEST = f"best_{SELECTION_METRIC}"
 CONFIDENCE = 0.95

@@ -11,7 +11,8 @@ import pandas as pd
 from results.report_figures import DEFAULTS_COLOR, SELECTED_COLORS, STATE_STYLE, png
 from results.report_sections import _duration, _html_table
 from results.tournament import Standings, notes, rows_text
-from trainables.config import LOSS_KEY, SELECTION_METRIC
+from trainables.config import SELECTION_METRIC
+from trainables.study import LOSS_KEY
 
 CURVE = f"{SELECTION_METRIC}_curve"
 PANELS_PER_ROW = 4

@@ -9,7 +9,8 @@ from scipy import stats
 
 from results.tournament import print_standings, standings, t_interval
 from spaces import OptimiserDefaults, default_config
-from trainables.config import DIVERGED, SELECTION_METRIC
+from trainables.config import SELECTION_METRIC
+from trainables.study import DIVERGED
 
 LR = 1e-3
 BEST = f"best_{SELECTION_METRIC}"
