@@ -197,11 +197,13 @@ def _search(run_dir: Path, setup: TrialSetup, searches: list[LossSearch], tourna
             sampler=tpe_sampler(settings.trials, settings.seed + len(s.finished)), study_name=s.study.study_name,
             storage=storage, max_t=settings.max_epochs, checkpoint_root=f"{storage_path}/{name}",
             resume=s.resumed, on_resume=schedulers[loss].replay)
-    # What "best so far" counts from earlier drivers.
-    selectable = [t.intermediate_values for s in studies for t in s.finished
-                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and DIVERGED not in t.user_attrs]
-    progress = ProgressLines(budget, settings.max_epochs, echo, earlier=selectable,
-                             resumed={t.number: t.intermediate_values for s in studies for t in s.resumed})
+    # What "best so far" counts from earlier drivers, per loss in a tournament.
+    selectable = {s.search.loss: [t.intermediate_values for t in s.finished if t.state in (
+        TrialState.COMPLETE, TrialState.PRUNED) and DIVERGED not in t.user_attrs] for s in studies}
+    resumed = {(s.search.loss, t.number) if tournament else t.number: t.intermediate_values
+               for s in studies for t in s.resumed}
+    progress = ProgressLines(budget, settings.max_epochs, echo, resumed=resumed,
+                             earlier=selectable if tournament else next(iter(selectable.values())))
     if tournament:
         searcher, scheduler = TournamentSearch(searchers, budgets), PerLossASHA(schedulers)
     else:
