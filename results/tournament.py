@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from results import tables
+from results.select import ranked
 from spaces import OptimiserDefaults, default_config
 from trainables.config import SELECTION_METRIC
 from trainables.study import LOSS_KEY
@@ -37,12 +38,6 @@ def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[floa
     return float(values.mean() - half), float(values.mean() + half)
 
 
-def is_point(params: Mapping[str, Any], point: Mapping[str, Any]) -> bool:
-    """Whether searched params are `point` (floats compared with np.isclose: study.db round-trips them)."""
-    return params.keys() == point.keys() and all(
-        np.isclose(params[k], v) if isinstance(v, float) else params[k] == v for k, v in point.items())
-
-
 def defaults_numbers(trials: pd.DataFrame, lr: float) -> dict[str, int | None]:
     """Per loss, the first trial that ran the paper's defaults (the search enqueues them first)."""
     found: dict[str, int | None] = {}
@@ -50,7 +45,7 @@ def defaults_numbers(trials: pd.DataFrame, lr: float) -> dict[str, int | None]:
         point = default_config(str(loss), OptimiserDefaults(lr=lr))
         columns = [f"param_{k}" for k in point]
         found[str(loss)] = next((int(row["number"]) for _, row in group.sort_values("number").iterrows()
-                                 if all(c in row for c in columns) and is_point(
+                                 if all(c in row for c in columns) and tables.is_point(
                                      {k: row[f"param_{k}"] for k in point}, point)), None)
     return found
 
@@ -73,7 +68,7 @@ def standings(trials: pd.DataFrame, tested: pd.DataFrame | None, lr: float) -> S
     defaults = defaults_numbers(trials, lr)
     rows = []
     for loss, group in trials.groupby(LOSS_KEY, sort=False):
-        order = tables.ranked(group)
+        order = ranked(group)
         if order.empty:
             continue  # nothing selectable: every trial failed, diverged or is unfinished
         pick = order.iloc[0]
@@ -152,7 +147,8 @@ def notes(result: Standings) -> list[str]:
     if result.metrics:
         lines.append(
             f"test: config #1 retrained on all training classes and tested once, mean ± sample std over "
-            f"{result.seeds} seeds [95 % t-interval of the mean, {result.seeds - 1} degrees of freedom]."
+            f"{result.seeds} seeds [95 % t-interval of the mean, {result.seeds - 1} degree"
+            f"{'s' if result.seeds > 2 else ''} of freedom]."
             if result.seeds > 1 else
             "test: config #1 retrained with one seed and tested once: no std or confidence interval "
             "(the spread between seeds is unknown; --seeds 3 or more gives them).")

@@ -1,16 +1,27 @@
-"""report.html's tournament section: the standings, each loss's validation curves, what each loss cost."""
+"""report.html of a loss tournament: the standings, each loss's validation curves, what each loss cost.
+
+A tournament has one study per loss; the single-loss report's per-study sections (history, slices,
+importance) are each loss's own search and are left to its study in study.db (optuna-dashboard).
+"""
 from __future__ import annotations
 
 import html
+import json
 import math
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from results import ledger, tables
+from results.console import ledger_frame
+from results.report import page
+from results.report_data import ReportError
 from results.report_figures import DEFAULTS_COLOR, SELECTED_COLORS, STATE_STYLE, png
-from results.report_sections import _duration, _html_table
-from results.tournament import Standings, notes, rows_text
+from results.report_sections import _duration, _html_table, provenance_section
+from trainables.run_config import RunConfig
+from results.tournament import Standings, defaults_numbers, notes, rows_text, standings
 from trainables.config import SELECTION_METRIC
 from trainables.study import LOSS_KEY
 
@@ -76,3 +87,23 @@ def tournament_section(trials: pd.DataFrame, result: Standings, defaults: dict[s
     return (f"<p><b>Validation picks {html.escape(result.winner)}.</b></p>" + table + said
             + png(curves_by_loss(trials, result, defaults, max_epochs), "validation curves per loss")
             + "<h3>Cost per loss</h3>" + cost_by_loss(trials, final))
+
+
+def render_tournament(run_dir: Path) -> str:
+    """The whole report.html of a tournament's run directory."""
+    config = json.loads((run_dir / "config.json").read_text())
+    try:
+        cmd = RunConfig.from_json(config["command"])
+    except ValueError as err:
+        raise ReportError(f"{run_dir / 'config.json'}: {err}") from None
+    trials = tables.run_trials(run_dir, cmd.losses, cmd.max_epochs)
+    if trials.empty:
+        raise ReportError(f"{run_dir} has no trials yet; continue it with search.py --resume --out {run_dir}.")
+    entries = ledger.read(run_dir / ledger.LEDGER_NAME)
+    final_path = run_dir / "final.parquet"
+    final = pd.read_parquet(final_path) if final_path.exists() else None
+    result = standings(trials, ledger_frame(entries) if entries else None, cmd.lr)
+    untested = "" if entries else "<p class=note>No test result yet: the run stopped before its test stage.</p>"
+    section = tournament_section(trials, result, defaults_numbers(trials, cmd.lr), final, cmd.max_epochs)
+    return page(f"dmltune: a tournament of {len(cmd.losses)} losses on {cmd.dataset}", run_dir,
+                [("Tournament", untested + section), ("Provenance", provenance_section(config, cmd))])

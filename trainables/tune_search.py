@@ -1,8 +1,9 @@
 """The study under Ray Tune: TPE proposals, ASHA stopping, trials in parallel, resumed where a driver left off.
 
-`run_search` wires the pieces together: the trial function (trainables/trial.py), the resumable
-searcher and scheduler (trainables/searcher.py), the progress lines (trainables/progress.py) and
-the Ray cluster (trainables/ray_cluster.py). Optuna proposes the configs (TPE, define-by-run
+`run_search` (one loss) and `run_tournament` (several losses, trainables/tournament.py) wire the
+pieces together: the trial function (trainables/trial.py), the resumable searcher and scheduler
+(trainables/searcher.py), the progress lines (trainables/progress.py) and the Ray cluster
+(trainables/ray_cluster.py). Optuna proposes the configs (TPE, define-by-run
 space), ASHA stops weak trials at its rungs (DESIGN §6).
 """
 from __future__ import annotations
