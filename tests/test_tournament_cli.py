@@ -12,7 +12,8 @@ import search
 from results import ledger
 
 LOSSES = ["ms", "triplet"]
-ARGV = ["--loss", ",".join(LOSSES), "--trials", "2", "--max-epochs", "2", "--final-epochs", "1", "--seeds", "2"]
+ARGV = ["--loss", ",".join(LOSSES), "--trials", "2", "--max-epochs", "2", "--final-epochs", "1", "--seeds", "2",
+        "--image-size", "16", "--embedding-size", "16"]  # small glyphs: seconds per epoch
 
 
 @pytest.fixture(scope="module")
