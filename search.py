@@ -251,8 +251,9 @@ def search_stage(run_dir: Path, cfg: RunConfig, folds: list[ClassSplit], echo: A
     echo(f"search: {what}, up to {cfg.max_epochs} epochs each, scored by {scored}, ASHA grace {cfg.grace_period}, "
          f"reduction {cfg.reduction_factor}")
     if cfg.tournament:
-        run_tournament(run_dir, setup, [LossSearch(loss, define_by_run(loss, defaults), [default_config(loss, defaults)])
-                                        for loss in cfg.losses], settings, echo)
+        searches = [LossSearch(loss, define_by_run(loss, defaults), [default_config(loss, defaults)])
+                    for loss in cfg.losses]
+        run_tournament(run_dir, setup, searches, settings, echo)
     else:
         run_search(run_dir, setup, define_by_run(cfg.loss, defaults), [default_config(cfg.loss, defaults)],
                    settings, echo)
