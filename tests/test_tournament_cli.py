@@ -20,9 +20,10 @@ ARGV = ["--loss", ",".join(LOSSES), "--trials", "2", "--max-epochs", "2", "--fin
 def tournament(tmp_path_factory) -> SimpleNamespace:
     out = tmp_path_factory.mktemp("tournament")
     lines: list[str] = []
-    args = search.build_parser().parse_args([*ARGV, "--out", str(out)])
-    search.check_args(args)
-    assert search.run(args, [*ARGV, "--out", str(out)], echo=lines.append) == 0
+    argv = [*ARGV, "--out", str(out)]
+    cfg = search.run_config(search.build_parser().parse_args(argv), argv)
+    search.check_args(cfg, resume=False)
+    assert search.run(cfg, resume=False, echo=lines.append) == 0
     return SimpleNamespace(out=out, lines=lines)
 
 
