@@ -160,7 +160,7 @@ def notes(result: Standings) -> list[str]:
     if result.tau is not None:
         n = len(result.table)
         lines.append(f"Kendall τ between the losses' validation and test ranks: {result.tau:+.2f} "
-                     f"(n = {n} losses, p = {result.tau_p:.2f}). n is small: one swapped pair moves τ by "
+                     f"(n = {n} losses, p = {result.tau_p:.2g}). n is small: one swapped pair moves τ by "
                      f"{4 / (n * (n - 1)):.2f}, so this is how this run's validation classes ranked the losses "
                      "against its test classes, not a general finding.")
     return lines
