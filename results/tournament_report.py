@@ -50,7 +50,8 @@ def curves_by_loss(trials: pd.DataFrame, result: Standings, defaults: dict[str, 
                 ax.plot(epochs, curve, lw=1.8, color=DEFAULTS_COLOR, zorder=3)
             else:
                 style = STATE_STYLE["complete" if t["full_budget"] else "pruned"]
-                ax.plot(epochs, curve, lw=1, ls=style["ls"], color=style["color"], alpha=0.8)
+                ax.plot(epochs, curve, lw=1, ls=style["ls"], color=style["color"], alpha=0.8,
+                        marker="o", ms=3, markevery=[len(curve) - 1])  # a trial pruned at epoch 1 is one point
         ax.set_title(loss, fontsize=10)
         ax.set_xlim(0.8, max_epochs + 0.2)
         ax.grid(alpha=0.3)
