@@ -24,11 +24,11 @@ from typing import Any
 import pandas as pd
 
 from results import ledger, runlock, tables
-from results.console import print_final, print_recorded
+from results.console import ledger_frame, print_final, print_recorded
 from results.failures import SearchFailed, check_selectable
 from results.final import TestStageFailed, retrain_and_test
 from results.provenance import provenance
-from results.select import select_top
+from results.select import select_per_loss
 from spaces import SPACES, OptimiserDefaults, default_config, define_by_run
 from trainables.config import LR_SCHEDULES
 from trainables.data import DATASETS, build_dataset, recipe
@@ -40,8 +40,10 @@ from trainables.data.splits import ClassSplit, fixed_split, kfold_splits
 from trainables.losses import LOSSES
 from trainables.models import PRETRAINED_WEIGHTS, fetch_pretrained
 from trainables.run_config import AUTO, FOLDS, PROTOCOLS, SEARCH_FOLDS, RunConfig
+from trainables.study import LOSS_KEY
 
 LOSS_CHOICES = sorted(set(LOSSES) & set(SPACES))
+ALL = "all"  # --loss all: a tournament of every loss
 
 
 def _checked(kind: Callable[[str], Any], ok: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
@@ -76,7 +78,10 @@ def _final_epochs(text: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--loss", required=True, choices=LOSS_CHOICES, help="loss whose hyperparameters are searched")
+    p.add_argument("--loss", required=True,
+                   help=f"loss whose hyperparameters are searched: one of {', '.join(LOSS_CHOICES)}; or a "
+                        f"tournament: {ALL} (every loss) or a comma-separated list, each loss searched with the "
+                        "same budget and chosen by validation")
     p.add_argument("--dataset", default="glyphs", choices=sorted(DATASETS),
                    help="glyphs is embedded (generated, no download)")
     p.add_argument("--data-root", help="dataset folder for datasets read from disk (DESIGN §8)")
@@ -131,11 +136,30 @@ class UsageError(ValueError):
     """Bad input found before any work started."""
 
 
+def parse_losses(text: str) -> tuple[str, ...]:
+    """--loss as the losses it names: one, `all`, or a comma-separated list of distinct known losses."""
+    if text == ALL:
+        return tuple(LOSS_CHOICES)
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in LOSS_CHOICES:
+            raise UsageError(f"--loss: unknown loss {name!r}; the known losses are {', '.join(LOSS_CHOICES)} "
+                             f"(or {ALL} for every one).")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UsageError(f"--loss names {', '.join(twice)} more than once; name each loss once.")
+    return tuple(names)
+
+
 def run_config(args: argparse.Namespace, argv: list[str]) -> RunConfig:
     """The command line as the run's typed settings, with the dataset's defaults; bad combinations are refused."""
     given = {k: v for k, v in vars(args).items() if k != "resume"}  # how this driver starts, not a setting
+    losses = parse_losses(args.loss)
+    # A tournament's trials and results carry their loss; its settings have no single loss.
+    given |= {"loss": losses[0] if len(losses) == 1 else None, "losses": losses}
     if given["out"] is None:
-        given["out"] = Path("runs") / f"{args.loss}-{args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+        name = given["loss"] or "tournament"
+        given["out"] = Path("runs") / f"{name}-{args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
     try:
         return RunConfig.resolve(given | {"argv": argv}, recipe(args.dataset))
     except ValueError as err:
@@ -209,11 +233,12 @@ def search_stage(run_dir: Path, cfg: RunConfig, folds: list[ClassSplit], echo: A
     """Run (or finish) the study and write trials.parquet; the test classes are never opened.
 
     A study an earlier driver left unfinished is continued (tune_search.run_search): its finished
-    trials are kept, interrupted ones continue from their last checkpoint, the rest are new.
+    trials are kept, interrupted ones continue from their last checkpoint, the rest are new. A
+    tournament (several losses) runs every loss's study under one Tuner (tune_search.run_tournament).
     `data` is what trials train on (`trial_data`). A search that left nothing to select raises SearchFailed.
     """
     from trainables.trial import TrialSetup
-    from trainables.tune_search import SearchSettings, experiment_location, run_search
+    from trainables.tune_search import LossSearch, SearchSettings, experiment_location, run_search, run_tournament
 
     defaults = OptimiserDefaults(lr=cfg.lr)
     searched = folds[:cfg.search_folds or 1]
@@ -226,12 +251,19 @@ def search_stage(run_dir: Path, cfg: RunConfig, folds: list[ClassSplit], echo: A
                               gpus_per_trial=cfg.gpus_per_trial, seed=cfg.seed,
                               storage_path=cfg.storage_path, address=cfg.address, dashboard=cfg.dashboard)
     scored = f"mean validation R@1 over {len(searched)} of {len(folds)} folds" if len(folds) > 1 else "validation R@1"
-    echo(f"search: {cfg.trials} trials of {cfg.loss} (first: the paper's defaults), "
-         f"up to {cfg.max_epochs} epochs each, scored by {scored}, ASHA grace {cfg.grace_period}, "
+    what = (f"{cfg.trials} trials of each of {len(cfg.losses)} losses, taking turns (each first: its paper's "
+            "defaults; ASHA compares a trial with its own loss's only)" if cfg.tournament else
+            f"{cfg.trials} trials of {cfg.loss} (first: the paper's defaults)")
+    echo(f"search: {what}, up to {cfg.max_epochs} epochs each, scored by {scored}, ASHA grace {cfg.grace_period}, "
          f"reduction {cfg.reduction_factor}")
-    run_search(run_dir, setup, define_by_run(cfg.loss, defaults), [default_config(cfg.loss, defaults)],
-               settings, echo)
-    trials = tables.trials_frame(tables.load_study(run_dir), cfg.max_epochs)
+    if cfg.tournament:
+        searches = [LossSearch(loss, define_by_run(loss, defaults), [default_config(loss, defaults)])
+                    for loss in cfg.losses]
+        run_tournament(run_dir, setup, searches, settings, echo)
+    else:
+        run_search(run_dir, setup, define_by_run(cfg.loss, defaults), [default_config(cfg.loss, defaults)],
+                   settings, echo)
+    trials = tables.run_trials(run_dir, cfg.losses, cfg.max_epochs)
     tables.write(trials, run_dir / "trials.parquet")
     check_selectable(trials, "/".join(experiment_location(run_dir, cfg.storage_path)))
     return trials
@@ -255,6 +287,7 @@ def run(cfg: RunConfig, resume: bool, echo: Any = print) -> int:
 
 def _drive(cfg: RunConfig, resume: bool, echo: Any) -> int:
     from results.report import REPORT_NAME, write_report  # matplotlib: loaded when a run gets this far, not for --help
+    from results.tournament import print_standings, standings  # scipy: likewise
 
     run_dir = cfg.out
     ledger_path = run_dir / ledger.LEDGER_NAME
@@ -263,6 +296,10 @@ def _drive(cfg: RunConfig, resume: bool, echo: Any) -> int:
         ledger.refuse_if_tested(ledger_path, recorded)
     elif recorded:  # --resume of a finished run: show what stands
         print_recorded(ledger_path, recorded, echo)
+        if cfg.tournament:
+            echo("\ntournament (Recall and MAP@R in %):")
+            print_standings(standings(pd.read_parquet(run_dir / "trials.parquet"), ledger_frame(recorded), cfg.lr),
+                            echo)
         if not (run_dir / REPORT_NAME).exists():
             echo(f"report: {write_report(run_dir)}")
         return 0
@@ -277,7 +314,8 @@ def _drive(cfg: RunConfig, resume: bool, echo: Any) -> int:
     split = folds[0]  # what the retrain needs: its fit + val classes are all the training classes
     held_out = (f"{len(split.fit)} fit / {len(split.val)} validation classes" if len(folds) == 1 else
                 f"{len(folds)} folds of ~{len(split.val)} validation classes ({cfg.search_folds} searched)")
-    echo(f"dmltune: {cfg.loss} on {cfg.dataset}: {held_out} (seed {cfg.seed}), "
+    searched = cfg.loss or f"a tournament of {len(cfg.losses)} losses ({', '.join(cfg.losses)})"
+    echo(f"dmltune: {searched} on {cfg.dataset}: {held_out} (seed {cfg.seed}), "
          f"{len(dataset.test_classes)} test classes kept closed until the end")
     data = trial_data(dataset, echo)
     write_config(run_dir, cfg, dataset, folds, echo)
@@ -286,12 +324,21 @@ def _drive(cfg: RunConfig, resume: bool, echo: Any) -> int:
     counts = trials["state"].value_counts().to_dict()
     echo(f"search done: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
          f"{int(trials['epochs'].sum())} trial-epochs")
-    selected = select_top(trials, cfg.top_k)
+    selected = select_per_loss(trials, cfg.top_k)
+    if unselectable := [loss for loss in cfg.losses if loss not in set(selected[LOSS_KEY])]:
+        echo(f"note: no trial of {', '.join(unselectable)} can be selected (every one failed, diverged or is "
+             "unfinished): left out of the test stage")
     final = retrain_and_test(run_dir, cfg, dataset, folds, selected, echo)
 
-    echo(f"\nbest of {len(trials)} trials by validation Recall@1, retrained on all {len(split.fit) + len(split.val)} "
-         f"training classes, tested once on {len(dataset.test_classes)} test classes (Recall in %):")
-    print_final(final, list(cfg.ks), echo)
+    classes = (f"retrained on all {len(split.fit) + len(split.val)} training classes, tested once on "
+               f"{len(dataset.test_classes)} test classes")
+    if cfg.tournament:
+        echo(f"\ntournament: each loss's best of {cfg.trials} trials by validation Recall@1, {classes} "
+             "(Recall and MAP@R in %):")
+        print_standings(standings(trials, ledger_frame(ledger.read(ledger_path)), cfg.lr), echo)
+    else:
+        echo(f"\nbest of {len(trials)} trials by validation Recall@1, {classes} (Recall in %):")
+        print_final(final, list(cfg.ks), echo)
     echo(f"\nreport: {write_report(run_dir)}")
     echo(f"run directory: {run_dir}  (config.json, study.journal, study.db, trials.parquet, final/, final.parquet, "
          f"test_ledger.jsonl, ray/)  in {time.perf_counter() - started:.0f}s")
@@ -336,6 +383,9 @@ def write_config(run_dir: Path, cfg: RunConfig, dataset: DMLDataset, folds: list
         if "train_sha256_16" not in old:
             raise UsageError(f"{path} was written by an older dmltune, whose data fingerprint this one cannot "
                              "compare; finish that run with the version that started it, or start a new --out.")
+        searched = tuple(before["command"].get("losses") or [before["command"]["loss"]])
+        if searched != cfg.losses:
+            raise UsageError(f"{path} is a run of --loss {','.join(searched)}; --resume needs the same --loss.")
         if before["split"] != payload["split"] or old["train_sha256_16"] != new["train_sha256_16"]:
             raise UsageError(f"{path} was written for other data or splits; --resume needs the same --dataset, "
                              "--data-root, --seed, --protocol, --folds and --val-fraction.")

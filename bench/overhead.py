@@ -56,15 +56,10 @@ VARIANTS: dict[str, dict[str, str]] = {
 }
 
 
-def child(args: argparse.Namespace) -> dict[str, Any]:
-    """One search in this process; returns its timeline and the overhead split."""
-    import ray
+def make_timeline() -> Any:
+    """A Tune callback that records, per trial, when the driver saw it start and end, the compute it
+    reported (train + eval seconds) and its set-up (start to the beginning of its first epoch)."""
     from ray import tune
-
-    from spaces import OptimiserDefaults, default_config, define_by_run
-    from trainables.ray_cluster import init_ray, trial_slots
-    from trainables.trial import TrialSetup
-    from trainables.tune_search import SearchSettings, run_search
 
     class Timeline(tune.Callback):
         def __init__(self) -> None:
@@ -87,6 +82,18 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
         on_trial_error = on_trial_complete
 
+    return Timeline()
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """One search in this process; returns its timeline and the overhead split."""
+    import ray
+
+    from spaces import OptimiserDefaults, default_config, define_by_run
+    from trainables.ray_cluster import init_ray, trial_slots
+    from trainables.trial import TrialSetup
+    from trainables.tune_search import SearchSettings, run_search
+
     started = time.monotonic()
     init_ray(None, num_cpus=args.cpus)
     ray_init = time.monotonic() - started
@@ -97,7 +104,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     settings = SearchSettings(trials=args.trials, max_epochs=args.max_epochs, grace_period=1, reduction_factor=3,
                               seed=args.seed)
     slots = trial_slots(settings.cpus_per_trial, settings.gpus_per_trial)
-    timeline = Timeline()
+    timeline = make_timeline()
     with tempfile.TemporaryDirectory() as run_dir:
         t0 = time.monotonic()
         run_search(Path(run_dir), setup, define_by_run(args.loss, defaults), [default_config(args.loss, defaults)],

@@ -13,12 +13,14 @@ import pandas as pd
 
 from results.tables import param_cells, row_params
 from trainables.config import SELECTION_METRIC
+from trainables.study import LOSS_KEY
 
 
 def ledger_frame(entries: list[dict[str, Any]]) -> pd.DataFrame:
     """Ledger entries as final.parquet-shaped rows, so one table printer serves both."""
     return pd.DataFrame([{
-        "config_rank": e["selection"]["rank"], "trial_number": e["selection"]["trial"], "seed": e["seed"],
+        LOSS_KEY: e["selection"].get(LOSS_KEY), "config_rank": e["selection"]["rank"],
+        "trial_number": e["selection"]["trial"], "seed": e["seed"],
         "config_hash": e["config_hash"], "epochs": e["epochs"],
         f"best_{SELECTION_METRIC}": e["selection"][SELECTION_METRIC],
         **param_cells(e["params"]), **{f"test_{k}": v for k, v in e["metrics"].items()},
@@ -47,13 +49,17 @@ def recall_ks(frame: pd.DataFrame) -> list[int]:
 
 def print_final(final: pd.DataFrame, ks: list[int], echo: Any) -> None:
     """Per config: params, search validation R@1, retrain epochs, test Recall@K as mean ± std over seeds."""
-    echo(f"{'config':>6} {'trial':>5} {'seeds':>5} {'epochs':>6} {'val R@1':>8} "
+    # A tournament's configs are ranked within their loss: "ms #1".
+    ranks = "#" + final["config_rank"].astype(str)
+    labels = ranks if LOSS_KEY not in final or final[LOSS_KEY].nunique() < 2 else final[LOSS_KEY] + " " + ranks
+    width = max(6, labels.str.len().max())
+    echo(f"{'config':>{width}} {'trial':>5} {'seeds':>5} {'epochs':>6} {'val R@1':>8} "
          + " ".join(f"{'test R@' + str(k):>14}" for k in ks))
-    for rank, group in final.groupby("config_rank"):
+    for label, group in final.groupby(labels, sort=False):
         cells = [pm_text(100 * group[f"test_recall@{k}"].to_numpy()) for k in ks]
-        echo(f"{'#' + str(rank):>6} {group['trial_number'].iloc[0]:>5} {len(group):>5} {group['epochs'].iloc[0]:>6} "
+        echo(f"{label:>{width}} {group['trial_number'].iloc[0]:>5} {len(group):>5} {group['epochs'].iloc[0]:>6} "
              f"{100 * group[f'best_{SELECTION_METRIC}'].iloc[0]:8.2f} " + " ".join(f"{c:>14}" for c in cells))
-        echo(f"{'':>6} " + ", ".join(param_text(k, v) for k, v in row_params(group.iloc[0]).items()))
+        echo(f"{'':>{width}} " + ", ".join(param_text(k, v) for k, v in row_params(group.iloc[0]).items()))
     if final["seed"].nunique() > 1:
         echo("(test: mean ± sample std over seeds; val R@1: the search trial's best epoch on validation classes)")
 

@@ -29,6 +29,7 @@ from trainables.data.images import ImageReadError
 from trainables.data.packed import DataTooLarge, for_workers
 from trainables.data.splits import ClassSplit
 from trainables.run_config import AUTO, RunConfig
+from trainables.study import LOSS_KEY
 from trainables.trainer import Trainer
 
 FINAL_DIR = "final"  # RUN/final/: the retrained models, kept until (and after) the test stage
@@ -74,7 +75,8 @@ def retrain_and_test(run_dir: Path, cfg: RunConfig, dataset: DMLDataset, folds: 
     picks = plan(cfg, selected)
     run = job_runner(cfg)
     # Jobs get the decoded training half the trials got (packed.py): no job opens --data-root.
-    models = retrained(run_dir / FINAL_DIR, picks, classes, for_workers(dataset), run, echo)
+    models = retrained(run_dir / FINAL_DIR, picks, classes, for_workers(dataset), run, echo,
+                       tournament=cfg.tournament)
     with ledger.locked(ledger_path) as recorded:
         ledger.refuse_if_tested(ledger_path, recorded)  # another process tested this study while we retrained
         results = tested(run_dir, picks, [model for model, _ in models], classes, dataset, run, list(cfg.ks))
@@ -87,10 +89,14 @@ def retrain_and_test(run_dir: Path, cfg: RunConfig, dataset: DMLDataset, folds: 
 def plan(cfg: RunConfig, selected: pd.DataFrame) -> list[Pick]:
     """Every (selected config, seed) to retrain, with its TrainConfig: the trial's point on the run's fixed fields."""
     stop_early = cfg.final_epochs == AUTO and cfg.lr_schedule == "cosine"  # on the trial's cosine
+    # A config's rank counts within its loss: a tournament retrains each loss's config #1 (and #2...).
+    ranks = (selected.groupby(LOSS_KEY, sort=False).cumcount() + 1 if LOSS_KEY in selected
+             else range(1, len(selected) + 1))
     picks = []
-    for rank, (_, trial) in enumerate(selected.iterrows(), start=1):
+    for rank, (_, trial) in zip(ranks, selected.iterrows()):
+        loss = trial[LOSS_KEY] if LOSS_KEY in trial else cfg.loss
         for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-            picks.append(Pick(rank, trial, TrainConfig.from_params(cfg.loss, tables.row_params(trial), **(
+            picks.append(Pick(int(rank), trial, TrainConfig.from_params(loss, tables.row_params(trial), **(
                 cfg.train_fields() | {"epochs": final_epochs(trial, cfg.final_epochs), "seed": seed}
                 | ({"schedule_epochs": cfg.max_epochs} if stop_early else {})))))
     return picks
@@ -123,7 +129,7 @@ def record(run_dir: Path, cfg: RunConfig, dataset: DMLDataset, folds: Sequence[C
         entry = ledger_entry(run_dir, cfg, dataset, folds, pick, metrics,
                              {"device": meta["device"], "test_device": tested_on})
         entries.append(entry)
-        rows.append({"config_rank": pick.rank, "trial_number": int(trial["number"]),
+        rows.append({LOSS_KEY: tc.loss, "config_rank": pick.rank, "trial_number": int(trial["number"]),
                      "config_hash": entry["config_hash"], "seed": tc.seed, "epochs": tc.epochs,
                      f"best_{SELECTION_METRIC}": float(trial[f"best_{SELECTION_METRIC}"]),
                      "best_epoch": int(trial["best_epoch"]),
@@ -134,12 +140,15 @@ def record(run_dir: Path, cfg: RunConfig, dataset: DMLDataset, folds: Sequence[C
 
 
 def retrained(final_dir: Path, picks: list[Pick], classes: np.ndarray, dataset: DMLDataset, run: Runner,
-              echo: Any) -> list[tuple[bytes, dict[str, Any]]]:
+              echo: Any, tournament: bool = False) -> list[tuple[bytes, dict[str, Any]]]:
     """Every pick's retrained model as checkpoint bytes, with where and how long it trained.
 
     A model an earlier attempt kept in `final_dir` for exactly this config is reused; the rest are trained now.
+    A tournament's file and line names carry the loss (each loss has its own config #1).
     """
-    paths = [final_dir / f"config{pick.rank}-seed{pick.config.seed}.pt" for pick in picks]
+    losses = [pick.config.loss if tournament else None for pick in picks]
+    paths = [final_dir / f"{f'{loss}-' if loss else ''}config{pick.rank}-seed{pick.config.seed}.pt"
+             for loss, pick in zip(losses, picks)]
     models = {i: found for i, (path, pick) in enumerate(zip(paths, picks)) if (found := kept(path, pick.config))}
     todo = [i for i in range(len(picks)) if i not in models]
     final_dir.mkdir(exist_ok=True)
@@ -151,7 +160,8 @@ def retrained(final_dir: Path, picks: list[Pick], classes: np.ndarray, dataset: 
         meta = models[i][1]
         how = f"kept {paths[i]}" if i not in todo else \
             f"{tc.epochs} epochs in {meta['train_seconds']:.0f}s on {meta['device']}"
-        echo(f"retrain: config #{rank} (trial {trial['number']}) seed {tc.seed}: {how}")
+        echo(f"retrain: {f'{losses[i]} ' if losses[i] else ''}config #{rank} (trial {trial['number']}) seed "
+             f"{tc.seed}: {how}")
     return [models[i] for i in range(len(picks))]
 
 
@@ -249,7 +259,8 @@ def ledger_entry(run_dir: Path, cfg: RunConfig, dataset: DMLDataset, folds: Sequ
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "study": str(run_dir.resolve()),
         "config": config, "config_hash": config_hash(learned_fields(config)), "seed": pick.config.seed,
         "params": pick.config.params(), "epochs": pick.config.epochs,
-        "selection": {"rank": pick.rank, "trial": int(trial["number"]), "state": str(trial["state"]),
+        "selection": {LOSS_KEY: pick.config.loss, "rank": pick.rank, "trial": int(trial["number"]),
+                      "state": str(trial["state"]),
                       SELECTION_METRIC: float(trial[f"best_{SELECTION_METRIC}"]),
                       "best_epoch": int(trial["best_epoch"]), "final_epochs": cfg.final_epochs},
         **provenance(dataset, folds), **devices, "command": list(cfg.argv), "metrics": metrics,

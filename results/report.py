@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +40,6 @@ code { background: #f4f4f4; padding: 0 3px; }
 
 def render(run: Run) -> str:
     cmd = run.cmd
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     sections = [
         ("Protocol", protocol_paragraph(run)),
         ("Result", final_table(run) + defaults_paragraph(run)),
@@ -49,19 +49,31 @@ def render(run: Run) -> str:
          else "<p class=note>No searched parameters.</p>"),
         ("Hyperparameter importance", importance_section(run)),
         ("Cost", cost_table(run)),
-        ("Provenance", provenance_section(run)),
+        ("Provenance", provenance_section(run.config, run.cmd)),
     ]
-    body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
-    title = f"dmltune: {cmd.loss} on {cmd.dataset}"
+    return page(f"dmltune: {cmd.loss} on {cmd.dataset}", run.dir, sections)
+
+
+def page(title: str, run_dir: Path, sections: list[tuple[str, str]]) -> str:
+    """A self-contained HTML page: the title, the run directory, each (heading, HTML) section."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    body = "".join(f"<h2>{html.escape(heading)}</h2>{content}" for heading, content in sections)
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p class=sub>Run directory <code>{html.escape(str(run.dir))}</code>, report written {now}</p>"
+            f"<p class=sub>Run directory <code>{html.escape(str(run_dir))}</code>, report written {now}</p>"
             f"{body}</body></html>")
 
 
 def write_report(run_dir: Path) -> Path:
-    """Write run_dir/report.html (atomically) and return its path."""
-    text = render(load(Path(run_dir)))
+    """Write run_dir/report.html (atomically) and return its path; a tournament's is render_tournament's."""
+    config_path = Path(run_dir) / "config.json"
+    command = json.loads(config_path.read_text()).get("command", {}) if config_path.exists() else {}
+    if len(command.get("losses") or []) > 1:
+        from results.tournament_report import render_tournament  # it builds on this module
+
+        text = render_tournament(Path(run_dir))
+    else:
+        text = render(load(Path(run_dir)))
     path = Path(run_dir) / REPORT_NAME
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
 
@@ -80,7 +79,6 @@ def defaults_trial(study: optuna.Study, cmd: RunConfig) -> int | None:
         return tagged[0]
     defaults = default_config(cmd.loss, OptimiserDefaults(lr=cmd.lr))
     for t in trials:
-        if t.params.keys() == defaults.keys() and all(
-                np.isclose(t.params[k], v) if isinstance(v, float) else t.params[k] == v for k, v in defaults.items()):
+        if tables.is_point(t.params, defaults):
             return t.number
     return None

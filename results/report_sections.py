@@ -228,17 +228,18 @@ def cost_table(run: Run) -> str:
               "Reserved hours multiply trial time by --cpus-per-trial / --gpus-per-trial.</p>")
 
 
-def provenance_section(run: Run) -> str:
-    code = run.config.get("code") or {}
+def provenance_section(config: dict[str, Any], cmd: RunConfig) -> str:
+    """Command, code revision, versions and class ids from config.json (`config`; `cmd` its command)."""
+    code = config.get("code") or {}
     revision = (f"{code['commit'][:12]}{' (uncommitted changes)' if code.get('dirty') else ''}"
                 if code else "not a git checkout")
-    versions = ", ".join(f"{k} {v}" for k, v in sorted(run.config.get("versions", {}).items()))
-    split = run.config["split"]
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(config.get("versions", {}).items()))
+    split = config["split"]
     named = {f"fold {i + 1} validation": f["val"] for i, f in enumerate(split.get("folds", []))} | {
         name: ids for name, ids in split.items() if name != "folds"}
     ids = "".join(f"<p><b>{html.escape(name)}</b> ({len(v)}): {', '.join(map(str, v))}</p>"
                   for name, v in named.items())
-    argv = " ".join(run.cmd.argv)
+    argv = " ".join(cmd.argv)
     return (f"<p>Command: <code>python search.py {html.escape(argv)}</code><br>Code revision: "
             f"<code>{html.escape(revision)}</code><br>Versions: {html.escape(versions)}</p>"
             f"<details><summary>Class ids of every split</summary>{ids}</details>"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from trainables.config import SELECTION_METRIC
-from trainables.study import DIVERGED
+from trainables.study import DIVERGED, LOSS_KEY
 
 
 def ranked(trials: pd.DataFrame) -> pd.DataFrame:
@@ -26,3 +26,13 @@ def select_top(trials: pd.DataFrame, k: int) -> pd.DataFrame:
         raise RuntimeError("No trial can be selected: every trial failed, diverged or is unfinished. "
                            "See the trial logs under the run directory's ray/ folder.")
     return order.head(k)
+
+
+def select_per_loss(trials: pd.DataFrame, k: int) -> pd.DataFrame:
+    """select_top within each loss of trials.parquet, losses in their order: a tournament retrains each loss's
+    own best configs, never a config of one loss in place of another's. A loss with no selectable trial is
+    left out (the caller names it); with one loss this is select_top."""
+    picked = [ranked(group).head(k) for _, group in trials.groupby(LOSS_KEY, sort=False)]
+    if all(p.empty for p in picked):
+        return select_top(trials, k)  # raises, saying why
+    return pd.concat([p for p in picked if not p.empty])

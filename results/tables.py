@@ -5,20 +5,32 @@ a restarted driver, and each trial's per-epoch validation Recall@1 is its interm
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 
 from trainables.atomic import write_atomic
 from trainables.config import SELECTION_METRIC
-from trainables.study import DIVERGED, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, load_study  # noqa: F401 (read from here)
+from trainables.study import DIVERGED, LOSS_KEY, RAY_TRIAL_ID_ATTR, RERUN_ATTR, SECONDS_ATTR, load_study, study_name
 
 STATES = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
           optuna.trial.TrialState.FAIL: "failed", optuna.trial.TrialState.RUNNING: "running",
           optuna.trial.TrialState.WAITING: "waiting"}
+
+
+def run_trials(run_dir: Path, losses: Sequence[str], max_epochs: int) -> pd.DataFrame:
+    """trials.parquet: every trial of the run's study, or of each loss's study in a tournament, with its loss."""
+    tournament = len(losses) > 1
+    frames = []
+    for loss in losses:
+        frame = trials_frame(load_study(run_dir, study_name(loss, tournament)), max_epochs)
+        frame.insert(0, LOSS_KEY, loss)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def trials_frame(study: optuna.Study, max_epochs: int) -> pd.DataFrame:
@@ -62,6 +74,12 @@ def row_params(row: pd.Series) -> dict[str, Any]:
 
 def param_names(frame: pd.DataFrame) -> list[str]:
     return [c.removeprefix(PARAM_PREFIX) for c in param_columns(frame)]
+
+
+def is_point(params: Mapping[str, Any], point: Mapping[str, Any]) -> bool:
+    """Whether searched params are `point` (floats compared with np.isclose: study.db round-trips them)."""
+    return params.keys() == point.keys() and all(
+        np.isclose(params[k], v) if isinstance(v, float) else params[k] == v for k, v in point.items())
 
 
 def write(frame: pd.DataFrame, path: Path) -> None:

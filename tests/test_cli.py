@@ -13,9 +13,22 @@ def _fails(argv: list[str], capsys) -> str:
     return capsys.readouterr().err
 
 
-def test_unknown_loss_lists_the_valid_ones(capsys) -> None:
-    err = _fails(["--loss", "arcface"], capsys)
-    assert "arcface" in err and all(name in err for name in ("proxy_anchor", "softtriple", "ms"))
+def test_unknown_loss_lists_the_valid_ones(capsys, tmp_path) -> None:
+    assert search.main(["--loss", "arcface", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "arcface" in err
+    assert all(name in err for name in ("proxy_anchor", "softtriple", "ms", "all"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("losses,named", [("ms,arcface,triplet", "'arcface'"), ("ms,triplet,ms", "ms more than once"),
+                                          ("ms,,triplet", "''")])
+def test_a_tournament_list_with_an_unknown_or_repeated_loss_is_refused_in_one_line(losses, named, capsys,
+                                                                                   tmp_path) -> None:
+    assert search.main(["--loss", losses, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --loss") and err.count("\n") == 1 and named in err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("flag,value", [("--trials", "0"), ("--max-epochs", "-3"), ("--final-epochs", "0"),

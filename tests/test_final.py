@@ -67,8 +67,8 @@ def test_retrain_records_every_seed_with_what_reproduces_it(blobs, tmp_path) -> 
         assert e["split"] == {"fit": list(split.fit), "val": list(split.val),
                               "test": blobs.test_classes.tolist()}
         assert {"torch", "optuna", "ray", "python"} <= set(e["versions"]) and "code" in e
-        assert e["selection"] == {"rank": 1, "trial": 4, "state": "complete", SELECTION_METRIC: 0.5,
-                                  "best_epoch": 1, "final_epochs": "auto"}
+        assert e["selection"] == {"loss": "proxy_anchor", "rank": 1, "trial": 4, "state": "complete",
+                                  SELECTION_METRIC: 0.5, "best_epoch": 1, "final_epochs": "auto"}
         assert 0 <= e["metrics"]["recall@1"] <= 1 and 0 <= e["metrics"]["nmi"] <= 1
     assert entries[0]["config_hash"] != entries[1]["config_hash"]  # the seed is part of the config
     assert all(e["device"] == e["test_device"] == final.device_name("cpu") for e in entries)

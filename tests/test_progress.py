@@ -6,7 +6,7 @@ from typing import Any
 
 from trainables.config import SELECTION_METRIC
 from trainables.progress import ProgressLines
-from trainables.study import DIVERGED
+from trainables.study import DIVERGED, LOSS_KEY
 from trainables.trial import EPOCH, RESUME_KEY
 
 
@@ -53,3 +53,18 @@ def test_earlier_drivers_curves_count_toward_best_so_far_and_a_continued_trial_k
     fresh = ProgressLines(total=1, max_t=3, echo=lines.append, earlier=[{1: 0.3, 2: 0.7}])
     _run(fresh, "d", {1: 0.5})
     assert lines[-1].endswith("(best so far 0.700)")
+
+
+def test_a_tournament_names_each_trials_loss_and_keeps_best_so_far_per_loss() -> None:
+    lines: list[str] = []
+    progress = ProgressLines(total=3, max_t=3, echo=lines.append, earlier={"ms": [{1: 0.5}], "triplet": []},
+                             resumed={("triplet", 0): {1: 0.95}})
+    _run(progress, "a", {1: 0.9}, config={"lr": 0.001, LOSS_KEY: "triplet"})
+    _run(progress, "b", {1: 0.4}, config={"lr": 0.001, LOSS_KEY: "ms"})
+    _run(progress, "c", {2: 0.6}, config={"lr": 0.001, LOSS_KEY: "triplet",
+                                          RESUME_KEY: {"trial": 0, "checkpoint": "ckpt"}})
+    assert lines[0] == "[1/3] trial a (triplet) started: lr=0.001"
+    assert lines[1] == "[1/3 done] trial a (triplet) pruned at epoch 1: val R@1 0.900 (best so far 0.900)"
+    assert lines[3] == "[2/3 done] trial b (ms) pruned at epoch 1: val R@1 0.400 (best so far 0.500)"
+    assert lines[5].endswith("trial c (triplet) pruned at epoch 2: val R@1 0.600, best 0.950 at epoch 1 "
+                             "(best so far 0.950)")

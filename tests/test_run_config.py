@@ -80,3 +80,24 @@ def test_a_reduction_factor_of_one_is_refused_by_the_parser(capsys, tmp_path) ->
     assert exit_info.value.code == 2 and "--reduction-factor: must be a whole number of at least 2, but got 1" in \
         capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tournament_keeps_its_losses_and_an_older_config_json_its_one_loss(blobs, tmp_path) -> None:
+    argv = ["--loss", "all", "--out", str(tmp_path)]
+    cfg = search.run_config(search.build_parser().parse_args(argv), argv)
+    assert cfg.loss is None and cfg.tournament and cfg.losses == tuple(search.LOSS_CHOICES)
+    search.write_config(tmp_path, cfg, blobs, [fixed_split(blobs.train_classes, 0.3, seed=0)])
+    written = json.loads((tmp_path / "config.json").read_text())["command"]
+    assert RunConfig.from_json(written) == cfg and written["losses"] == list(search.LOSS_CHOICES)
+    older = {k: v for k, v in _cfg("--out", str(tmp_path)).to_json().items() if k != "losses"}
+    assert RunConfig.from_json(older).losses == ("proxy_anchor",) and not RunConfig.from_json(older).tournament
+    with pytest.raises(ValueError, match="one loss searched"):
+        dataclasses.replace(cfg, loss="ms")
+
+
+def test_resume_with_other_losses_is_refused(blobs, tmp_path) -> None:
+    folds = [fixed_split(blobs.train_classes, 0.3, seed=0)]
+    search.write_config(tmp_path, _cfg("--out", str(tmp_path)), blobs, folds)
+    argv = ["--loss", "proxy_anchor,ms", "--out", str(tmp_path)]
+    with pytest.raises(search.UsageError, match="run of --loss proxy_anchor; --resume needs the same --loss"):
+        search.write_config(tmp_path, search.run_config(search.build_parser().parse_args(argv), argv), blobs, folds)

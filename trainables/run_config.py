@@ -46,7 +46,7 @@ def _flag(name: str) -> str:
 class RunConfig:
     """The resolved command line: every flag with the dataset's defaults filled in, plus the recipe's lr and ks."""
 
-    loss: str
+    loss: str | None  # the searched loss; None in a tournament (several `losses`)
     dataset: str
     data_root: str | None
     trials: int
@@ -84,8 +84,19 @@ class RunConfig:
     ks: tuple[int, ...]  # the dataset's Recall@K
     argv: tuple[str, ...] = ()  # the command line as typed, for provenance
     pretrained_weights: str | None = None  # the ImageNet weights fetched before the trials (--pretrained)
+    # Every loss searched: (loss,) for a single-loss run (filled in when a config.json from before
+    # tournaments has none), several for a tournament (--loss all or a list), each with its own study.
+    losses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not self.losses and self.loss is not None:
+            object.__setattr__(self, "losses", (self.loss,))
+        object.__setattr__(self, "losses", tuple(self.losses))
+        if not self.losses or len(set(self.losses)) != len(self.losses):
+            raise ValueError(f"--loss must name one or more distinct losses, but got {self.losses!r}.")
+        if self.loss != (self.losses[0] if len(self.losses) == 1 else None):
+            raise ValueError(f"RunConfig.loss must be the one loss searched, or None in a tournament of several, "
+                             f"but got loss={self.loss!r} with losses={self.losses!r}.")
         at_least = {"trials": 1, "max_epochs": 1, "grace_period": 1, "reduction_factor": 2, "top_k": 1, "seeds": 1,
                     "batch_size": 1, "image_size": 1, "embedding_size": 1, "warmup_epochs": 0, "lr_step": 1,
                     "workers": 0}
@@ -150,7 +161,13 @@ class RunConfig:
             chosen["search_folds"] = chosen.get("search_folds") or min(SEARCH_FOLDS, chosen["folds"])
         chosen["out"] = Path(chosen["out"])
         chosen["argv"] = tuple(chosen.get("argv", ()))
+        chosen["losses"] = tuple(chosen.get("losses", ()))
         return cls(**chosen, lr=rec.lr, ks=tuple(rec.ks))
+
+    @property
+    def tournament(self) -> bool:
+        """Whether the run searches several losses, each chosen and tested by its own selection."""
+        return len(self.losses) > 1
 
     def train_fields(self) -> dict[str, Any]:
         """TrainConfig fields the search does not vary (a trial adds its point and epochs, the retrain its seed)."""
@@ -161,7 +178,8 @@ class RunConfig:
 
     def to_json(self) -> dict[str, Any]:
         """config.json's "command": plain JSON values, read back equal by `from_json`."""
-        return asdict(self) | {"out": str(self.out), "ks": list(self.ks), "argv": list(self.argv)}
+        return asdict(self) | {"out": str(self.out), "ks": list(self.ks), "argv": list(self.argv),
+                               "losses": list(self.losses)}
 
     @classmethod
     def from_json(cls, payload: Mapping[str, Any]) -> RunConfig:
@@ -176,4 +194,4 @@ class RunConfig:
                              "version that wrote it.")
         values = {k: v for k, v in payload.items() if k in known}
         return cls(**values | {"out": Path(values["out"]), "ks": tuple(values["ks"]),
-                               "argv": tuple(values.get("argv", ()))})
+                               "argv": tuple(values.get("argv", ())), "losses": tuple(values.get("losses", ()))})

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 STUDY_NAME = "dmltune"
 STUDY_FILE = "study.db"  # the sqlite copy (optuna-dashboard sqlite:///study.db)
 JOURNAL_FILE = "study.journal"  # the live record
+# A loss tournament (search.py --loss all) keeps one study per loss in the same record, and each of
+# its trials carries its loss in its config under this key (a single-loss run's configs do not).
+LOSS_KEY = "loss"
 
 # User attribute linking a study trial to its Ray Tune trial (the study <-> ray/).
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
@@ -57,6 +60,12 @@ PAPER_DEFAULTS_ATTR = "paper_defaults"
 
 def study_url(run_dir: Path, file: str = STUDY_FILE) -> str:
     return f"sqlite:///{(run_dir / file).resolve()}"
+
+
+def study_name(loss: str, tournament: bool) -> str:
+    """The study of `loss`: a single-loss run keeps the name every earlier run used, so those resume;
+    a tournament names one study per loss."""
+    return f"{STUDY_NAME}-{loss}" if tournament else STUDY_NAME
 
 
 class WriteBehindJournal(BaseJournalBackend):
@@ -175,12 +184,12 @@ def has_study(run_dir: Path) -> bool:
     return (run_dir / JOURNAL_FILE).exists() or (run_dir / STUDY_FILE).exists()
 
 
-def load_study(run_dir: Path) -> optuna.Study:
-    """The study as recorded now (the journal; study.db for a run from before it), for reading:
+def load_study(run_dir: Path, name: str = STUDY_NAME) -> optuna.Study:
+    """A study as recorded now (the journal; study.db for a run from before it), for reading:
     it works while a driver writes, and creates nothing."""
     journal = run_dir / JOURNAL_FILE
     storage = _journal(journal) if journal.exists() else study_url(run_dir)
-    return optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def write_dashboard_copy(run_dir: Path) -> None:
@@ -192,6 +201,8 @@ def write_dashboard_copy(run_dir: Path) -> None:
     # fsyncs every commit, and Optuna commits once per trial).
     sqlalchemy.event.listen(copy.engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA synchronous=OFF"))
     copy.engine.dispose()
-    optuna.copy_study(from_study_name=STUDY_NAME, from_storage=_journal(run_dir / JOURNAL_FILE), to_storage=copy)
+    record = _journal(run_dir / JOURNAL_FILE)
+    for name in optuna.get_all_study_names(record):  # one study, or one per loss in a tournament
+        optuna.copy_study(from_study_name=name, from_storage=record, to_storage=copy)
     copy.engine.dispose()
     os.replace(aside, run_dir / STUDY_FILE)

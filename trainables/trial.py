@@ -24,7 +24,7 @@ from trainables.data import build_dataset
 from trainables.data.base import DMLDataset
 from trainables.data.splits import ClassSplit
 from trainables.ray_cluster import assigned_device
-from trainables.study import DIVERGED
+from trainables.study import DIVERGED, LOSS_KEY
 from trainables.trainer import DivergedError, Trainer
 
 # The progress attribute ASHA and Optuna count in: the trainer's epoch. A trial continued from a
@@ -39,7 +39,7 @@ FOLD_METRIC = SELECTION_METRIC.removeprefix("val_")  # the selection metric as T
 class TrialSetup:
     """Everything a trial needs besides its config; shipped once to workers via tune.with_parameters."""
 
-    loss: str
+    loss: str | None  # the searched loss; None in a tournament, whose trials carry theirs (LOSS_KEY)
     dataset: str
     data_root: str | None
     image_size: int
@@ -67,13 +67,14 @@ def worker_dataset(name: str, root: str | None, image_size: int) -> DMLDataset:
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Train one model per fold; after every epoch checkpoint them all and report the fold-mean Recall@K."""
     resume = config.get(RESUME_KEY, {})
-    params = {k: v for k, v in config.items() if k != RESUME_KEY}
+    loss = config.get(LOSS_KEY, setup.loss)
+    params = {k: v for k, v in config.items() if k not in (RESUME_KEY, LOSS_KEY)}
     torch.set_num_threads(setup.threads)
     gpu_ids, device = assigned_device()
     placement = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": gpu_ids, "device": device}
     dataset = ray.get(setup.data) if setup.data is not None else worker_dataset(setup.dataset, setup.data_root,
                                                                                 setup.image_size)
-    cfg = TrainConfig.from_params(setup.loss, params, **setup.fixed)
+    cfg = TrainConfig.from_params(loss, params, **setup.fixed)
     trainers = [Trainer(cfg, dataset.subset(fold.fit, train=True), device=device) for fold in setup.folds]
     val_sets = [dataset.subset(fold.val) for fold in setup.folds]
     # Ray's own checkpoint (a retry after a worker died) is newer than the one an interrupted study left.

@@ -1,8 +1,9 @@
 """The study under Ray Tune: TPE proposals, ASHA stopping, trials in parallel, resumed where a driver left off.
 
-`run_search` wires the pieces together: the trial function (trainables/trial.py), the resumable
-searcher and scheduler (trainables/searcher.py), the progress lines (trainables/progress.py) and
-the Ray cluster (trainables/ray_cluster.py). Optuna proposes the configs (TPE, define-by-run
+`run_search` (one loss) and `run_tournament` (several losses, trainables/tournament.py) wire the
+pieces together: the trial function (trainables/trial.py), the resumable searcher and scheduler
+(trainables/searcher.py), the progress lines (trainables/progress.py) and the Ray cluster
+(trainables/ray_cluster.py). Optuna proposes the configs (TPE, define-by-run
 space), ASHA stops weak trials at its rungs (DESIGN §6).
 """
 from __future__ import annotations
@@ -29,8 +30,9 @@ from trainables.ray_cluster import init_ray, is_uri, trial_slots
 from trainables.ray_data import share
 from trainables.sampler import WindowedTPESampler
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA, delete_checkpoint, last_checkpoint
-from trainables.study import (DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, STUDY_NAME, WriteBehindJournal, open_journal,
+from trainables.study import (DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, WriteBehindJournal, open_journal, study_name,
                               write_dashboard_copy)
+from trainables.tournament import PerLossASHA, TournamentSearch
 from trainables.trial import TrialSetup, run_trial
 
 EXPERIMENT_DIR = "ray"
@@ -108,6 +110,27 @@ def settle_earlier_drivers(study: optuna.Study, trials: int) -> tuple[list[Froze
     return finished, resumed, rerun
 
 
+@dataclass(frozen=True)
+class LossSearch:
+    """One loss's share of a search: its space and the points it tries first (the paper's defaults)."""
+
+    loss: str
+    space: Callable[[optuna.Trial], Any]
+    first_points: list[dict[str, Any]]
+
+
+@dataclass
+class _Study:
+    """One loss's study as this driver found it, after settle_earlier_drivers."""
+
+    search: LossSearch
+    study: optuna.Study
+    fresh: bool  # no earlier driver ran it: its first points are still to try
+    finished: list[FrozenTrial]
+    resumed: list[FrozenTrial]
+    rerun: list[dict[str, Any]]
+
+
 def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial], Any],
                first_points: list[dict[str, float]], settings: SearchSettings,
                echo: Callable[[str], None] = print, callbacks: Sequence[tune.Callback] = (),
@@ -125,13 +148,33 @@ def run_search(run_dir: Path, setup: TrialSetup, space: Callable[[optuna.Trial],
     A fresh study runs `first_points` first, in order; the first is the paper's defaults and its
     trial carries the user attribute PAPER_DEFAULTS_ATTR, which the report compares the search with.
     """
+    if setup.loss is None:
+        raise ValueError("run_search searches one loss, but the TrialSetup names none; give it the loss, "
+                         "or call run_tournament.")
+    _run(run_dir, setup, [LossSearch(setup.loss, space, first_points)], False, settings, echo, callbacks, trial)
+
+
+def run_tournament(run_dir: Path, setup: TrialSetup, searches: Sequence[LossSearch], settings: SearchSettings,
+                   echo: Callable[[str], None] = print, callbacks: Sequence[tune.Callback] = ()) -> None:
+    """run_search for several losses at once, each with its own study (study_name(loss, True)) and
+    `settings.trials` trials, under one Tuner: TournamentSearch takes the losses' proposals in turn,
+    PerLossASHA stops a trial only against its own loss's trials, and warm actors serve every loss."""
+    if len({s.loss for s in searches}) != len(searches):
+        raise ValueError(f"A tournament searches each loss once, but got {[s.loss for s in searches]}.")
+    _run(run_dir, setup, list(searches), True, settings, echo, callbacks, run_trial)
+
+
+def _run(run_dir: Path, setup: TrialSetup, searches: list[LossSearch], tournament: bool, settings: SearchSettings,
+         echo: Callable[[str], None], callbacks: Sequence[tune.Callback],
+         trial: Callable[[dict[str, Any], Any], None]) -> None:
+    """The search, its studies recorded in study.journal while it runs and copied to study.db after."""
     # Refused before the study or Ray is touched: ASHA's own check is an assert deep in Tune's start-up.
-    scheduler = ResumableASHA(max_t=settings.max_epochs, grace_period=settings.grace_period,
-                              reduction_factor=settings.reduction_factor)
+    schedulers = {s.loss: ResumableASHA(max_t=settings.max_epochs, grace_period=settings.grace_period,
+                                        reduction_factor=settings.reduction_factor) for s in searches}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     journal = open_journal(run_dir)
     try:
-        _search(run_dir, journal, scheduler, setup, space, first_points, settings, echo, callbacks, trial)
+        _search(run_dir, journal, schedulers, setup, searches, tournament, settings, echo, callbacks, trial)
     finally:
         journal.close()
     write_dashboard_copy(run_dir)
@@ -142,45 +185,61 @@ def _retire_when_recorded(journal: WriteBehindJournal, location: str) -> None:
     journal.when_durable(functools.partial(delete_checkpoint, location))
 
 
-def _search(run_dir: Path, journal: WriteBehindJournal, scheduler: ResumableASHA, setup: Any,
-            space: Callable[[optuna.Trial], Any],
-            first_points: list[dict[str, float]], settings: SearchSettings, echo: Callable[[str], None],
+def _open(storage: optuna.storages.BaseStorage, search: LossSearch, tournament: bool, trials: int) -> _Study:
+    study = optuna.create_study(storage=storage, study_name=study_name(search.loss, tournament),
+                                load_if_exists=True, direction="maximize" if SELECTION_MODE == "max" else "minimize")
+    fresh = not study.get_trials(deepcopy=False)
+    return _Study(search, study, fresh, *settle_earlier_drivers(study, trials))
+
+
+def _search(run_dir: Path, journal: WriteBehindJournal, schedulers: dict[str, ResumableASHA], setup: TrialSetup,
+            searches: list[LossSearch], tournament: bool, settings: SearchSettings, echo: Callable[[str], None],
             callbacks: Sequence[tune.Callback], trial: Callable[[dict[str, Any], Any], None]) -> None:
     storage = JournalStorage(journal)
-    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
-                                direction="maximize" if SELECTION_MODE == "max" else "minimize")
-    past = study.get_trials(deepcopy=False)
-    finished, resumed, rerun = settle_earlier_drivers(study, settings.trials)
-    budget = settings.trials - len(finished)
+    studies = [_open(storage, s, tournament, settings.trials) for s in searches]
+    budgets = {s.search.loss: settings.trials - len(s.finished) for s in studies}
+    budget = sum(max(b, 0) for b in budgets.values())
     if budget <= 0:  # an earlier driver finished the search (and may have died before its copy)
         return
     init_ray(settings.address, dashboard=settings.dashboard)
     if setup.data is not None:  # into the object store once, checked to fit, before any trial
         setup = replace(setup, data=share(setup.data))
-    if past:
-        echo(f"resume: {len(finished)} finished trials kept, {len(resumed)} interrupted trials continue, "
-             + (f"{len(rerun)} whose checkpoint is gone run again as new trials, " if rerun else "")
-             + f"{budget - len(resumed) - len(rerun)} new")
-    for t in finished:
-        scheduler.replay(f"study-{t.number}", t.intermediate_values)
+    if not all(s.fresh for s in studies):
+        resumed, rerun = sum(len(s.resumed) for s in studies), sum(len(s.rerun) for s in studies)
+        done = [loss for loss, b in budgets.items() if b <= 0]
+        echo(f"resume: {sum(len(s.finished) for s in studies)} finished trials kept, {resumed} interrupted trials "
+             "continue, " + (f"{rerun} whose checkpoint is gone run again as new trials, " if rerun else "")
+             + f"{budget - resumed - rerun} new" + (f"; losses already finished: {', '.join(done)}" if done else ""))
     storage_path, name = experiment_location(run_dir, settings.storage_path)
     if settings.storage_path is None and sum(node["Alive"] for node in ray.nodes()) > 1:
         echo(f"warning: this Ray cluster has several nodes but no --storage-path: trials on nodes that do not "
              f"mount {storage_path} will fail to write checkpoints. Give a directory every node mounts or an "
              "s3:// / gs:// URI.")
-    selectable = [t.intermediate_values for t in finished  # what "best so far" counts from earlier drivers
-                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and DIVERGED not in t.user_attrs]
-    progress = ProgressLines(budget, settings.max_epochs, echo, earlier=selectable,
-                             resumed={t.number: t.intermediate_values for t in resumed})
-
-    if not past:  # queued in the study, where the tag goes with the point (OptunaSearch's own queue takes none)
-        for i, point in enumerate(first_points):
-            study.enqueue_trial(point, user_attrs={PAPER_DEFAULTS_ATTR: True} if i == 0 else None)
-    searcher = PruningAwareOptunaSearch(
-        space=space, metric=SELECTION_METRIC, mode=SELECTION_MODE,
-        sampler=tpe_sampler(settings.trials, settings.seed + len(finished)), study_name=STUDY_NAME,
-        storage=storage, max_t=settings.max_epochs, checkpoint_root=f"{storage_path}/{name}", resume=resumed,
-        on_resume=scheduler.replay, retire=functools.partial(_retire_when_recorded, journal))
+    searchers = {}
+    for s in studies:
+        loss = s.search.loss
+        for t in s.finished:
+            schedulers[loss].replay(f"study-{t.number}", t.intermediate_values)
+        if s.fresh:  # queued in study.db, where the tag goes with the point (OptunaSearch's own queue takes none)
+            for i, point in enumerate(s.search.first_points):
+                s.study.enqueue_trial(point, user_attrs={PAPER_DEFAULTS_ATTR: True} if i == 0 else None)
+        searchers[loss] = PruningAwareOptunaSearch(
+            space=s.search.space, metric=SELECTION_METRIC, mode=SELECTION_MODE,
+            sampler=tpe_sampler(settings.trials, settings.seed + len(s.finished)), study_name=s.study.study_name,
+            storage=storage, max_t=settings.max_epochs, checkpoint_root=f"{storage_path}/{name}",
+            resume=s.resumed, on_resume=schedulers[loss].replay,
+            retire=functools.partial(_retire_when_recorded, journal))
+    # What "best so far" counts from earlier drivers, per loss in a tournament.
+    selectable = {s.search.loss: [t.intermediate_values for t in s.finished if t.state in (
+        TrialState.COMPLETE, TrialState.PRUNED) and DIVERGED not in t.user_attrs] for s in studies}
+    resumed = {(s.search.loss, t.number) if tournament else t.number: t.intermediate_values
+               for s in studies for t in s.resumed}
+    progress = ProgressLines(budget, settings.max_epochs, echo, resumed=resumed,
+                             earlier=selectable if tournament else next(iter(selectable.values())))
+    if tournament:
+        searcher, scheduler = TournamentSearch(searchers, budgets), PerLossASHA(schedulers)
+    else:
+        (searcher,), (scheduler,) = searchers.values(), schedulers.values()
     trainable = tune.with_resources(tune.with_parameters(trial, setup=setup),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     tuner = tune.Tuner(
