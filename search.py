@@ -4,7 +4,7 @@
 
 split the training classes into fit/validation classes -> search (Optuna TPE in Ray Tune, ASHA
 on validation Recall@1) -> select the best configs -> retrain them on all training classes ->
-test once -> write the run directory (DESIGN §1-§3).
+test once -> write the run directory (docs/protocol.md).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -84,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "same budget and chosen by validation")
     p.add_argument("--dataset", default="glyphs", choices=sorted(DATASETS),
                    help="glyphs is embedded (generated, no download)")
-    p.add_argument("--data-root", help="dataset folder for datasets read from disk (DESIGN §8)")
+    p.add_argument("--data-root", help="dataset folder for datasets read from disk (docs/datasets.md)")
     p.add_argument("--trials", type=_positive_int, default=8, help="number of Optuna/Ray trials")
     p.add_argument("--max-epochs", type=_positive_int, default=10, help="search budget per trial (ASHA max_t)")
     p.add_argument("--grace-period", type=_positive_int, default=1, help="ASHA: epochs before a trial may be stopped")
@@ -350,12 +349,7 @@ def open_dataset(cfg: RunConfig) -> DMLDataset:
     try:
         return build_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     except FileNotFoundError as err:  # the loader names the file it expected and the layout
-        raise UsageError(f"--data-root {cfg.data_root}: {_without_citation(str(err))}") from None
-
-
-def _without_citation(message: str) -> str:
-    """A loader's message without its design-document reference, which users cannot open."""
-    return re.sub(r" ?\(DESIGN §\d+\)", "", message)
+        raise UsageError(f"--data-root {cfg.data_root}: {err}") from None
 
 
 def validation_splits(dataset: DMLDataset, cfg: RunConfig) -> list[ClassSplit]:

@@ -1,4 +1,4 @@
-"""Benchmark: Recall@{1,10,100,1000} + MAP@R on SOP's test shape (DESIGN §7). Run by hand, not a test.
+"""Benchmark: Recall@{1,10,100,1000} + MAP@R on SOP's test shape (docs/metrics.md). Run by hand, not a test.
 
     python bench/eval.py            # 60,502 x 512, 11,316 classes: several minutes
     python bench/eval.py --quick    # 6,000 x 128, 1,122 classes: seconds

@@ -1,4 +1,5 @@
-"""The test ledger: an append-only JSONL file, one entry per test evaluation (DESIGN §1, §3).
+"""The test ledger: an append-only JSONL file, one entry per test evaluation
+(docs/protocol.md#test-once-and-the-ledger).
 
 The test set may be looked at once per study. Appends take an exclusive file lock and are
 fsync'ed, so two processes cannot both pass the "not yet tested" check, and a crash cannot

@@ -1,7 +1,7 @@
 """Search spaces by loss name: Optuna define-by-run functions plus the papers' default config.
 
 A space proposes the loss's hyperparameters (spaces/<loss>.py, next to the table in
-DESIGN §4) and the shared optimiser knobs (spaces/optimiser.py). `default_config` is the
+docs/spaces.md) and the shared optimiser knobs (spaces/optimiser.py). `default_config` is the
 paper's recipe; the search evaluates it first so every study has the paper's point to beat.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Multi-Similarity (Wang et al. 2019) search space, DESIGN §4 table.
+"""Multi-Similarity (Wang et al. 2019) search space, docs/spaces.md.
 
-The defaults are DESIGN §4's; λ = 0.5 is also the authors' code (research-ms-loss, `thresh = 0.5`)
+The defaults are the papers' (docs/spaces.md); λ = 0.5 is also the authors' code (research-ms-loss, `thresh = 0.5`)
 and PML's default, while PML's documentation says the paper's text uses λ = 1 (the paper is not
-among the seeds, so this is not checked here). 1 is inside the searched range.
+among the documents we checked, so this is not checked here). 1 is inside the searched range.
 
 | symbol | name here | default       | thesis range |
 | λ      | margin    | 0.5           | [0, 1]       |

@@ -1,6 +1,6 @@
 """The optimiser knobs every loss shares: backbone lr, weight decay, and the proxy/centre lr.
 
-Ranges are relative to the dataset's recipe (DESIGN §8: AdamW 1e-4 for pretrained ResNets on
+Ranges are relative to the dataset's recipe (docs/datasets.md: AdamW 1e-4 for pretrained ResNets on
 CUB/Cars, higher for the from-scratch glyph CNN), so one space serves every dataset.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PD-Loss (Silva et al., seed 004; DESIGN §9) search space.
+"""PD-Loss (Silva et al. 2025; docs/losses.md#pd-loss) search space.
 
 | symbol | name here  | default  | range                    | source                                         |
 |        | proxy_init | "random" | "random" / "class_mean"  | default: the paper's reported runs ("Random     |

@@ -1,4 +1,4 @@
-"""Proxy-Anchor (Kim et al. 2020) search space, DESIGN §4 table.
+"""Proxy-Anchor (Kim et al. 2020) search space, docs/spaces.md.
 
 | symbol | name here | paper default | thesis range |
 | δ      | margin    | 0.1           | [0, 1]       |

@@ -1,4 +1,4 @@
-"""SoftTriple (Qian et al. 2019) search space, DESIGN §4 table.
+"""SoftTriple (Qian et al. 2019) search space, docs/spaces.md.
 
 | symbol | name here | paper default | thesis range |
 | δ      | margin    | 0.01          | [0, 1]       |

@@ -1,7 +1,7 @@
 """Triplet (Schroff et al. 2015) with semi-hard mining, cosine form, search space.
 
 | symbol | name here | default | range           | source                                                 |
-| m      | margin    | 0.1     | [0.01, 1], log  | default: thesis table (seed 003), = FaceNet's α = 0.2 on |
+| m      | margin    | 0.1     | [0.01, 1], log  | default: thesis table (Psomas 2020), = FaceNet's α = 0.2 on |
 |        |           |         |                 | squared distances; range: PML's default 0.05 to the      |
 |        |           |         |                 | thesis's margin bound 1, log (margins span decades)      |
 

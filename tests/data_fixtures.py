@@ -1,4 +1,4 @@
-"""Writers of tiny benchmarks in the exact on-disk formats of DESIGN §8 (a few classes, small JPEGs).
+"""Writers of tiny benchmarks in the exact on-disk formats of docs/datasets.md (a few classes, small JPEGs).
 
 Class ids keep the ranges of the real splits (CUB {1, 2, 101, 102}, Cars {1, 2, 99, 100}, SOP test
 classes from 11319, In-Shop item ids `id_000000NN`), so the loaders' split rules are exercised as they

@@ -116,7 +116,7 @@ def test_a_repaired_test_image_changes_the_data_but_not_what_the_search_saw(writ
 
 
 def test_training_never_opens_test_images(written: tuple[str, Written]) -> None:
-    """DESIGN §1: with every test-class image corrupt, the training half and the fingerprint still work."""
+    """docs/protocol.md: with every test-class image corrupt, the training half and the fingerprint still work."""
     name, w = written
     for p in w.paths_of(_classes(w, test=True)):
         corrupt(p)

@@ -71,7 +71,7 @@ def _log1p_sum_exp(z: list[float]) -> float:
 
 
 def ref_proxy_anchor(x: np.ndarray, y: np.ndarray, proxies: np.ndarray, alpha: float, delta: float) -> float:
-    """Proxy-Anchor, Eq. 4 (seed 002)."""
+    """Proxy-Anchor, Eq. 4 (Kim et al. 2020)."""
     x, p = _unit(x), _unit(proxies)
     positive_proxies = sorted(set(y.tolist()))
     pos = sum(_log1p_sum_exp([-alpha * (x[i] @ p[c] - delta) for i in range(len(x)) if y[i] == c])
@@ -82,7 +82,7 @@ def ref_proxy_anchor(x: np.ndarray, y: np.ndarray, proxies: np.ndarray, alpha: f
 
 
 def ref_proxy_nca(x: np.ndarray, y: np.ndarray, proxies: np.ndarray, scale: float) -> float:
-    """Proxy-NCA, Eq. 2 (seed 002): −s(x,p+) + LSE over the negative proxies only; mean over x."""
+    """Proxy-NCA, Eq. 2 (Kim et al. 2020): −s(x,p+) + LSE over the negative proxies only; mean over x."""
     x, p = _unit(x), _unit(proxies)
     terms = []
     for i in range(len(x)):
@@ -161,7 +161,7 @@ def ref_triplet(x: np.ndarray, y: np.ndarray, m: float) -> float:
 
 
 def ref_pd(x: np.ndarray, y: np.ndarray, proxies: np.ndarray, eps: float = 1e-6) -> float:
-    """PD-Loss (DESIGN §9): −log(μ_gen − μ_imp) + ½ log(σ²_gen + σ²_imp), ε-clamped."""
+    """PD-Loss (docs/losses.md#pd-loss): −log(μ_gen − μ_imp) + ½ log(σ²_gen + σ²_imp), ε-clamped."""
     x, p = _unit(x), _unit(proxies)
     genuine = [x[i] @ p[y[i]] for i in range(len(x))]
     impostor = [x[i] @ p[c] for i in range(len(x)) for c in range(len(p)) if c != y[i]]

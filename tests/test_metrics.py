@@ -153,7 +153,7 @@ def test_bad_input_raises_naming_the_value(kwargs, match) -> None:
 
 
 def test_each_dataset_reports_the_recall_cutoffs_of_its_papers() -> None:
-    """DESIGN §7: the K lists come from the dataset recipe, one source for the trainer and the report."""
+    """docs/metrics.md: the K lists come from the dataset recipe, one source for the trainer and the report."""
     assert recipe("sop").ks == (1, 10, 100, 1000)
     assert recipe("inshop").ks == (1, 10, 20, 30, 40, 50)
     assert recipe("cub").ks == recipe("cars").ks == recipe("glyphs").ks == (1, 2, 4, 8)

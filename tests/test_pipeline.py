@@ -1,4 +1,4 @@
-"""End to end with a tiny budget: the run directory of DESIGN §3, and one look at the test set."""
+"""End to end with a tiny budget: the run directory (docs/protocol.md#run-directory), and one look at the test set."""
 from __future__ import annotations
 
 import json

@@ -8,19 +8,19 @@ import pytest
 
 from spaces import SPACES, OptimiserDefaults, default_config, define_by_run
 
-# The papers' values, typed in from DESIGN §4 and the seeds; the sources are in each space's docstring.
+# The papers' values, typed in from the papers (docs/spaces.md); the sources are in each space's docstring.
 PAPER_DEFAULTS: dict[str, dict[str, float | str]] = {
-    "proxy_anchor": {"margin": 0.1, "alpha": 32.0},                                # seed 002, Sec. 4.2
+    "proxy_anchor": {"margin": 0.1, "alpha": 32.0},                                # Kim et al. 2020, Sec. 4.2
     "proxy_nca": {"scale": 64.0},                                     # Proxy-Anchor's baseline, on cosines
     "softtriple": {"margin": 0.01, "scale": 20.0, "gamma": 0.1, "tau": 0.2},        # paper; thesis 1/γ = 10
-    "ms": {"margin": 0.5, "alpha": 2.0, "beta": 50.0, "epsilon": 0.1},              # DESIGN §4
+    "ms": {"margin": 0.5, "alpha": 2.0, "beta": 50.0, "epsilon": 0.1},              # docs/spaces.md
     "contrastive": {"margin": 0.5},                                                 # thesis table
     "triplet": {"margin": 0.1},                                                     # thesis table
     "pd": {"proxy_init": "random"},                                                 # paper's runs
 }
 HAS_PROXIES = {"proxy_anchor": True, "proxy_nca": True, "softtriple": True, "pd": True,
                "ms": False, "contrastive": False, "triplet": False}
-# Thesis optima on CUB (DESIGN §4): the search must be able to propose them (γ = 1/58).
+# Thesis optima on CUB (docs/spaces.md): the search must be able to propose them (γ = 1/58).
 THESIS_OPTIMA: dict[str, dict[str, float]] = {
     "ms": {"margin": 0.8, "alpha": 18.0, "beta": 76.0, "epsilon": 0.4},
     "softtriple": {"margin": 0.4, "scale": 78.0, "gamma": 1 / 58, "tau": 0.4},

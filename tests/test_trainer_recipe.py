@@ -1,4 +1,4 @@
-"""The papers' training recipe in the trainer (DESIGN §8): warm-up, frozen BatchNorm, lr schedules,
+"""The papers' training recipe in the trainer (docs/datasets.md): warm-up, frozen BatchNorm, lr schedules,
 clipping, pretrained weights, worker processes, and the CUDA-only speed-ups' selection, all on CPU."""
 from __future__ import annotations
 

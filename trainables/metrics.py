@@ -1,4 +1,4 @@
-"""Retrieval metrics (Recall@K, MAP@R, R-precision) and clustering NMI (DESIGN §7).
+"""Retrieval metrics (Recall@K, MAP@R, R-precision) and clustering NMI (docs/metrics.md).
 
 Embeddings are L2-normalised and compared by cosine similarity. Without a gallery each query
 retrieves among the other items (itself excluded by index, so an identical duplicate still
@@ -13,13 +13,13 @@ Exclusions: R is the number of the query's class-mates among the retrieved items
 R = 0 (a class with no other item) have no defined Recall@K or MAP@R and are left out of every
 metric; each metric is the mean over the remaining queries.
 
-Speed (DESIGN §7): the chunked similarity product is the floor; nothing here sorts a whole row.
+Speed (docs/metrics.md): the chunked similarity product is the floor; nothing here sorts a whole row.
 Recall@K needs only the rank of the best positive, i.e. how many negatives score at least as
 high (one compare-and-count pass); MAP@R needs only the R best negatives (a top-k with k = the
 largest R, found from block maxima). The same torch code runs on CPU and GPU (the `device`
 argument). faiss is used for k-means (NMI), not for k-NN: k-NN with k = 1000 needs the top-k this
 module avoids, and the OpenBLAS bundled in the faiss-cpu wheel (0.3.15) falls back to an SSE3
-kernel on CPUs it does not recognise (DESIGN §7 measured 74.6 s for SOP's k-NN on one).
+kernel on CPUs it does not recognise (74.6 s for SOP's k-NN on one; docs/metrics.md).
 """
 from __future__ import annotations
 

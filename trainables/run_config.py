@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from trainables.data import DatasetRecipe
 
 PROTOCOLS = ("fixed", "kfold")
-FOLDS = 10  # the thesis's 10-fold cross-validation (DESIGN §4)
+FOLDS = 10  # the thesis's 10-fold cross-validation (docs/protocol.md#k-fold-validation)
 SEARCH_FOLDS = 3  # folds per trial during the search: 3 models per config, not 10
 # `--final-epochs auto`: retrain each config for as many epochs as its search trial needed to reach
 # its best validation Recall@1 (the early-stopping point), counted in passes over the training set.

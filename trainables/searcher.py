@@ -5,7 +5,7 @@ searcher's view of trials finished after its last snapshot nor ASHA's rungs): ev
 score and the path of that epoch's checkpoint go into the Optuna trial as they arrive, so a
 later driver keeps every finished trial, continues each interrupted one from its last checkpoint
 under its own trial number, and refills ASHA's rungs from the curves. Each trial ASHA stops is
-told to Optuna as PRUNED (DESIGN §6).
+told to Optuna as PRUNED (docs/ray-optuna.md).
 """
 from __future__ import annotations
 

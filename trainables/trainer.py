@@ -7,7 +7,7 @@ trial killed mid-search resumes where it was. What else changes per epoch is a p
 a resumed run needs no sampler or scheduler state. (The random crops of image files are the
 exception: their RNG stream restarts on resume.)
 
-The recipe follows Proxy-Anchor's official train.py (DESIGN §8): warm-up epochs that train only
+The recipe follows Proxy-Anchor's official train.py (docs/datasets.md): warm-up epochs that train only
 the embedding layer and the loss's parameters, optionally frozen backbone BatchNorm, a per-epoch
 StepLR (or cosine), element-wise gradient clipping. On CUDA the training forward runs in bf16
 autocast with channels_last tensors; the CPU path stays fp32 and is the one the tests run.

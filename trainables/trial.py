@@ -1,4 +1,4 @@
-"""One Ray Tune trial: a thin loop over the shared Trainer (DESIGN §6).
+"""One Ray Tune trial: a thin loop over the shared Trainer (docs/ray-optuna.md).
 
 Train one epoch (one model per validation fold), score the validation classes, checkpoint,
 `tune.report` (Ray's own examples' shape). The keys it reports are what the searcher, ASHA and

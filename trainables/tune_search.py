@@ -4,7 +4,7 @@
 pieces together: the trial function (trainables/trial.py), the resumable searcher and scheduler
 (trainables/searcher.py), the progress lines (trainables/progress.py) and the Ray cluster
 (trainables/ray_cluster.py). Optuna proposes the configs (TPE, define-by-run
-space), ASHA stops weak trials at its rungs (DESIGN §6).
+space), ASHA stops weak trials at its rungs (docs/ray-optuna.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Datasets by name, each with the recipe it is trained with by default (DESIGN §2, §8)."""
+"""Datasets by name, each with the recipe it is trained with by default (docs/datasets.md#training-recipe)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -57,7 +57,7 @@ def _inshop(root: Path | None, image_size: int) -> DMLDataset:
     return InShopDataset(root, image_size)
 
 
-# Real benchmarks: the official Proxy-Anchor recipe (its README; DESIGN §8) with a ResNet-50 at 224 px,
+# Real benchmarks: the official Proxy-Anchor recipe (its README; docs/datasets.md) with a ResNet-50 at 224 px,
 # 512-d embeddings. Batch 120 is its ResNet-50 setting on CUB/Cars; SOP/In-Shop use its 180 (BN-Inception
 # runs there; it gives no ResNet-50 recipe for them). AdamW lr 1e-4 (CUB, Cars) / 6e-4 (SOP, In-Shop).
 # Its README's ResNet-50 runs: CUB --warm 5 --bn-freeze 1 --lr-decay-step 5, Cars --warm 5 --bn-freeze 1
@@ -92,5 +92,5 @@ def build_dataset(name: str, root: str | Path | None = None, image_size: int | N
     """The named dataset; a dataset that lives on disk needs `root`, and its loader checks the layout."""
     rec = recipe(name)
     if rec.needs_root and root is None:
-        raise ValueError(f"Dataset {name!r} is read from disk: give --data-root (DESIGN §8 shows the layout).")
+        raise ValueError(f"Dataset {name!r} is read from disk: give --data-root (docs/datasets.md shows the layout).")
     return DATASETS[name][0](Path(root).expanduser() if root else None, image_size or rec.image_size)

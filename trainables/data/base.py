@@ -1,6 +1,6 @@
 """What every dataset is to the trainer: labelled items, class-disjoint halves, a guarded test half.
 
-A DML benchmark splits by class (DESIGN §1): the training half is used for everything that
+A DML benchmark splits by class (docs/protocol.md): the training half is used for everything that
 chooses (search, selection, retrain); the test half is opened once, by the test stage. The
 guard lives here, in the one method every image access goes through, so no loader can forget it.
 """
@@ -83,7 +83,7 @@ class DMLDataset(ABC):
             raise TestAccessError(
                 f"{self.name}: {len(leaked)} test classes (e.g. {leaked[:5].tolist()}) were requested "
                 "before the test stage. Search, selection and retrain use training classes only; "
-                "only the test stage may open the test half (DESIGN §1)."
+                "only the test stage may open the test half (docs/protocol.md)."
             )
         indices = np.flatnonzero(np.isin(self.labels, classes))
         return self._load(indices, train)
@@ -92,7 +92,7 @@ class DMLDataset(ABC):
         """Items by index (In-Shop query/gallery), under the same test guard as `subset`."""
         indices = np.asarray(indices)
         if not self._test_unlocked and np.isin(self.labels[indices], self.test_classes).any():
-            raise TestAccessError(f"{self.name}: test items were requested before the test stage (DESIGN §1).")
+            raise TestAccessError(f"{self.name}: test items were requested before the test stage (docs/protocol.md).")
         return self._load(indices, train)
 
     @contextlib.contextmanager

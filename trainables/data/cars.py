@@ -1,4 +1,4 @@
-"""Cars196 (DESIGN §8): 196 car models, classes 1-98 train and 99-196 test.
+"""Cars196 (docs/datasets.md): 196 car models, classes 1-98 train and 99-196 test.
 
 Reads `cars_annos.mat`, a MATLAB struct array `annotations` with fields `relative_im_path`
 (`car_ims/000001.jpg`, relative to the root), `bbox_x1..bbox_y2`, `class` (1..196) and `test`.

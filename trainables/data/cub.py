@@ -1,4 +1,4 @@
-"""CUB-200-2011 (DESIGN §8): 200 bird species, classes 1-100 train and 101-200 test.
+"""CUB-200-2011 (docs/datasets.md): 200 bird species, classes 1-100 train and 101-200 test.
 
 Reads `images.txt` (`<image id> <path under images/>`) and `image_class_labels.txt`
 (`<image id> <class 1..200>`). `train_test_split.txt` is ignored: DML splits by class

@@ -4,7 +4,7 @@ A class is one character; its images are that character in different fonts (the 
 within-class variation) under seeded jitter (affine, stroke weight, blur, contrast, noise).
 The class list depends only on the font files, never on the seed or image size, so a class id
 means the same character in every run. Classes are ordered by a fixed permutation and split
-in halves, class-disjoint like CUB (DESIGN §1). Generated arrays are cached as .npz.
+in halves, class-disjoint like CUB (docs/protocol.md). Generated arrays are cached as .npz.
 """
 from __future__ import annotations
 

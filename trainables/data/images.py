@@ -1,7 +1,7 @@
 """What the four on-disk benchmarks share: image files read by path, the official transforms, a fingerprint.
 
 Each loader (cub.py, cars.py, sop.py, inshop.py) only parses its list files into root-relative
-paths and class ids (DESIGN §8); everything that touches image files lives here, so the four
+paths and class ids (docs/datasets.md); everything that touches image files lives here, so the four
 behave the same: the same Proxy-Anchor transforms, the same error for a bad file, the same
 fingerprint.
 """
@@ -82,7 +82,7 @@ class ImageFiles(Dataset):
 
 def layout_error(what: str, path: Path, layout: str) -> FileNotFoundError:
     """The error for a missing root or list file: what was expected, where, and the layout."""
-    return FileNotFoundError(f"{what} not found: expected {path}. Layout: {layout} (DESIGN §8).")
+    return FileNotFoundError(f"{what} not found: expected {path}. Layout: {layout} (docs/datasets.md).")
 
 
 def read_lines(path: Path, layout: str) -> list[str]:
@@ -95,7 +95,7 @@ def read_lines(path: Path, layout: str) -> list[str]:
 
 def check_root(root: Path | None, name: str, layout: str) -> Path:
     if root is None:
-        raise ValueError(f"{name} is read from disk: give --data-root. Layout: {layout} (DESIGN §8).")
+        raise ValueError(f"{name} is read from disk: give --data-root. Layout: {layout} (docs/datasets.md).")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise layout_error(f"{name} root directory", root, layout)
@@ -128,7 +128,7 @@ class FileDataset(DMLDataset):
         both = np.intersect1d(self.train_classes, self.test_classes)
         if len(both):
             raise ValueError(f"{self.name} at {self.root}: classes {both[:5].tolist()} are in both the train and "
-                             "the test half; the protocol needs class-disjoint halves (DESIGN §1).")
+                             "the test half; the protocol needs class-disjoint halves (docs/protocol.md).")
 
     def _load(self, indices: np.ndarray, train: bool) -> ImageFiles:
         tf = train_transform(self.image_size) if train else eval_transform(self.image_size)
@@ -154,7 +154,7 @@ class FileDataset(DMLDataset):
                     missing.append(rel)
             if missing:
                 raise FileNotFoundError(f"{self.name}: {len(missing)} listed images are missing under {self.root}, "
-                                        f"e.g. {self.root / missing[0]}. Layout: {self.layout} (DESIGN §8).")
+                                        f"e.g. {self.root / missing[0]}. Layout: {self.layout} (docs/datasets.md).")
             self._fingerprint = {"files_sha256": h.hexdigest(), **size, "files": len(self.relpaths)}
             if self.test_query is not None and self.test_gallery is not None:
                 self._fingerprint["test_query"] = int(len(self.test_query))

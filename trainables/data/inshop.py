@@ -1,4 +1,4 @@
-"""In-Shop Clothes Retrieval (DESIGN §8): 3,997 train items; the test half is query vs gallery.
+"""In-Shop Clothes Retrieval (docs/datasets.md): 3,997 train items; the test half is query vs gallery.
 
 Reads `Eval/list_eval_partition.txt`: line 1 the row count, line 2 the header
 `image_name item_id evaluation_status`, then whitespace-aligned rows like
@@ -74,7 +74,7 @@ class InShopDataset(FileDataset):
         base = next((b for b, c in zip(IMAGE_BASES, candidates) if c.is_file()), None)
         if base is None:
             raise FileNotFoundError(f"In-Shop image {names[0]!r} not found: expected {candidates[0]} "
-                                    f"(or {candidates[1]}). Layout: {LAYOUT} (DESIGN §8).")
+                                    f"(or {candidates[1]}). Layout: {LAYOUT} (docs/datasets.md).")
         self.image_base = base
         self.relpaths = [f"{base}/{n}" if base else n for n in names]
         self.train_classes = np.unique(self.labels[status == "train"])

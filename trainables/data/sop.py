@@ -1,4 +1,4 @@
-"""Stanford Online Products (DESIGN §8): Ebay_train.txt trains (11,318 classes), Ebay_test.txt tests (11,316).
+"""Stanford Online Products (docs/datasets.md): Ebay_train.txt trains (11,318 classes), Ebay_test.txt tests (11,316).
 
 Both files: a header `image_id class_id super_class_id path`, then rows like
 `1 1 1 bicycle_final/111085122871_0.JPG` with the path relative to the root. Class ids are the

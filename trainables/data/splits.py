@@ -1,4 +1,4 @@
-"""Validation classes drawn from the training classes only (DESIGN §1).
+"""Validation classes drawn from the training classes only (docs/protocol.md).
 
 Random, not contiguous, class choice: neighbouring class ids are often near-duplicates (bird
 species of one family), so a contiguous block would make validation unrepresentative.

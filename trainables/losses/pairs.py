@@ -1,4 +1,5 @@
-"""Contrastive and Triplet: PML's losses, set to the cosine forms the thesis (seed 003) tabulates.
+"""Contrastive and Triplet: PML's losses, set to the cosine forms the fixed-validation thesis tabulates
+(Psomas 2020; docs/spaces.md#fixed-validation-study).
 
 Contrastive (Hadsell et al. 2006, in the similarity form of the thesis / MS paper):
 

@@ -1,4 +1,4 @@
-"""PD-Loss, Proxy-Decidability (Silva et al., seed 004; DESIGN §9), written here (not in PML).
+"""PD-Loss, Proxy-Decidability (Silva et al. 2025; docs/losses.md#pd-loss), written here (not in PML).
 
 One learnable proxy per class; s(x, p) is the cosine similarity of L2-normalised vectors.
 

@@ -1,11 +1,11 @@
-"""Proxy-Anchor (Kim et al., CVPR 2020, seed 002, Eq. 4): PML's ProxyAnchorLoss is that equation.
+"""Proxy-Anchor (Kim et al., CVPR 2020, Eq. 4): PML's ProxyAnchorLoss is that equation (docs/losses.md).
 
     ℓ(X) = 1/|P+| Σ_{p∈P+} log(1 + Σ_{x∈X+_p} exp(−α(s(x,p) − δ)))
          + 1/|P|  Σ_{p∈P}  log(1 + Σ_{x∈X−_p} exp( α(s(x,p) + δ)))
 
 s is the cosine similarity, P all proxies, P+ the proxies with a positive in the batch.
 PML 2.9 computes exactly this (α = `alpha`, δ = `margin`, the positive sum divided by |P+|, the
-negative one by |P| = num_classes; DESIGN §5), checked in tests/test_losses.py against a
+negative one by |P| = num_classes; docs/losses.md), checked in tests/test_losses.py against a
 float64 reference written from Eq. 4. We subclass it only to add the class-mean proxy start.
 Proxies start as PML's (Kaiming normal, as the official code), i.e. the paper's random init.
 """

@@ -1,4 +1,6 @@
-"""Proxy-NCA as the Proxy-Anchor paper writes it (seed 002, Eqs. 1-2), with a scale s.
+"""Proxy-NCA as the Proxy-Anchor paper writes it (Kim et al. 2020, Eqs. 1-2), with a scale s.
+
+docs/losses.md#proxy-nca has the equations and what was checked.
 
     ℓ(X) = mean_{x∈X} [ −s·cos(x, p+) + LSE_{p−∈P−} s·cos(x, p−) ]
 
@@ -8,7 +10,7 @@ the batch size (PML's reducers average too).
 
 Why not PML's ProxyNCALoss: its softmax keeps p+ in the denominator (per sample it is
 softplus of the term above) and its default similarity is squared L2 with softmax_scale=1;
-no argument turns it into Eq. 2 (DESIGN §5).
+no argument turns it into Eq. 2 (docs/losses.md).
 
 The scale s: Eq. 2 as printed has s = 1. With cosines in [−1, 1] the loss then cannot fall
 below ≈ log(C−1) − 2, and its softmax over the negative proxies stays close to uniform, so a hard
