@@ -43,6 +43,8 @@ class SimSetup:
     spread: float = 0.3  # sigma of the log-normal epoch time
     noise: float = 0.005  # sd of the score's per-epoch noise
     seed: int = 0
+    loss: str = "softtriple"  # whose space the surface is over; run_search reads a setup's loss
+    data: None = None  # simulated trials read no data (run_search ships a setup's data to the store)
 
 
 def plateau(params: dict[str, float]) -> float:
