@@ -169,14 +169,15 @@ def final_table(run: Run) -> str:
     headline = (f"<p><b>Result: test Recall@1 {_pm(top['test_recall@1'])}</b> ({seeds}) for config #1 "
                 f"(trial {top['trial_number'].iloc[0]}), chosen by its validation Recall@1 of "
                 f"{_pct(top[f'best_{SELECTION_METRIC}'].iloc[0])} in the search.</p>")
-    return (headline + _html_table(head, body)
+    return (headline + html_table(head, body)
             + "<p class=caption>Recall in %. val R@1: the search trial's best epoch on the validation classes "
               "(trained on the fit classes only). test: retrained on all training classes, mean ± sample std "
               "over seeds. Config #1 is the result; the others show whether the validation ranking holds on "
               "the test classes and must not be chosen among by their test score.</p>")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them (s, min or h); shared with the tournament's report section."""
     if math.isnan(seconds):
         return "n/a"
     if seconds < 120:
@@ -208,10 +209,10 @@ def cost_table(run: Run) -> str:
         ["trial-epochs if every complete or pruned trial ran the full budget",
          f"{full} ({len(normal)} × {cmd.max_epochs})"],
         ["epochs ASHA saved", f"{full - normal_ran} ({100 * (full - normal_ran) / max(full, 1):.0f}%; ≈ "
-                              f"{_duration((full - normal_ran) * per_epoch)} of trial time at {per_epoch:.1f} s per "
+                              f"{duration((full - normal_ran) * per_epoch)} of trial time at {per_epoch:.1f} s per "
                               "epoch)"],
-        ["search wall-clock (first trial start to last trial end)", _duration(wall)],
-        ["trial time (sum over trials)", _duration(trial_seconds)],
+        ["search wall-clock (first trial start to last trial end)", duration(wall)],
+        ["trial time (sum over trials)", duration(trial_seconds)],
         ["CPU core-hours reserved by trials", f"{trial_seconds * cmd.cpus_per_trial / 3600:.3g} "
                                               f"({cmd.cpus_per_trial:g} per trial)"],
         ["GPU-hours reserved by trials", f"{trial_seconds * cmd.gpus_per_trial / 3600:.3g} "
@@ -220,9 +221,9 @@ def cost_table(run: Run) -> str:
     if run.final is not None:
         device = run.entries[0].get("device", "") if run.entries else ""
         rows.append(["retrain (sum over configs × seeds)",
-                     f"{_duration(float(run.final['train_seconds'].sum()))}, {int(run.final['epochs'].sum())} epochs"
+                     f"{duration(float(run.final['train_seconds'].sum()))}, {int(run.final['epochs'].sum())} epochs"
                      + (f" on {html.escape(device)}" if device else "")])
-    return (_html_table(["", ""], rows, header=False)
+    return (html_table(["", ""], rows, header=False)
             + "<p class=caption>Trial time is what each trial ran on its worker (Tune's time_total_s), summed "
               "over drivers when the run was resumed; the wall-clock includes any pause between drivers. "
               "Reserved hours multiply trial time by --cpus-per-trial / --gpus-per-trial.</p>")
@@ -249,7 +250,7 @@ def provenance_section(config: dict[str, Any], cmd: RunConfig) -> str:
             "opens it).</p>")
 
 
-def _html_table(head: list[str], body: list[list[str]], header: bool = True) -> str:
+def html_table(head: list[str], body: list[list[str]], header: bool = True) -> str:
     """A table of plain-text headers and raw-HTML cells: escaping what a cell shows is the caller's job."""
     thead = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" if header else ""
     rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)

@@ -19,7 +19,7 @@ from results.console import ledger_frame
 from results.report import page
 from results.report_data import ReportError
 from results.report_figures import DEFAULTS_COLOR, SELECTED_COLORS, STATE_STYLE, png
-from results.report_sections import _duration, _html_table, provenance_section
+from results.report_sections import duration, html_table, provenance_section
 from trainables.run_config import RunConfig
 from results.tournament import Standings, defaults_numbers, notes, rows_text, standings
 from trainables.config import SELECTION_METRIC
@@ -71,11 +71,11 @@ def cost_by_loss(trials: pd.DataFrame, final: pd.DataFrame | None) -> str:
     body = []
     for loss, group in trials.groupby(LOSS_KEY, sort=True):
         states = ", ".join(f"{n} {s}" for s, n in group["state"].value_counts().items())
-        retrain = (_duration(float(final.loc[final[LOSS_KEY] == loss, "train_seconds"].sum()))
+        retrain = (duration(float(final.loc[final[LOSS_KEY] == loss, "train_seconds"].sum()))
                    if final is not None else "n/a")
         body.append([html.escape(str(loss)), f"{len(group)} ({states})", str(int(group["epochs"].sum())),
-                     _duration(float(group["seconds"].sum())), retrain])
-    return (_html_table(head, body)
+                     duration(float(group["seconds"].sum())), retrain])
+    return (html_table(head, body)
             + "<p class=caption>Trial time: what the loss's trials ran on their workers (Tune's time_total_s); the "
               "losses shared the workers, so there is no wall-clock per loss.</p>")
 
@@ -83,7 +83,7 @@ def cost_by_loss(trials: pd.DataFrame, final: pd.DataFrame | None) -> str:
 def tournament_section(trials: pd.DataFrame, result: Standings, defaults: dict[str, int | None],
                        final: pd.DataFrame | None, max_epochs: int) -> str:
     head, body = rows_text(result)
-    table = _html_table(head, [[html.escape(c) for c in row] for row in body])
+    table = html_table(head, [[html.escape(c) for c in row] for row in body])
     said = "".join(f"<p class=caption>{html.escape(line)}</p>" for line in notes(result))
     return (f"<p><b>Validation picks {html.escape(result.winner)}.</b></p>" + table + said
             + png(curves_by_loss(trials, result, defaults, max_epochs), "validation curves per loss")
