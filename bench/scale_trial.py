@@ -21,9 +21,8 @@ import numpy as np
 from ray import tune
 
 from trainables.config import SELECTION_METRIC
+from trainables.study import EPOCH, RESUME_KEY
 
-EPOCH = "epoch"  # trainables.trial.EPOCH: the progress attribute ASHA and Optuna count in
-RESUME_KEY = "resume"  # trainables.trial.RESUME_KEY: a continued study trial's checkpoint
 STATE_FILE = "epoch.json"
 
 # The surface's optimum (a point inside softtriple's space) and each parameter's width, on the

@@ -23,9 +23,8 @@ from results import tables
 from results.select import select_top
 from trainables.config import SELECTION_METRIC
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA
-from trainables.study import (CHECKPOINT_ATTR, DIVERGED, PAPER_DEFAULTS_ATTR, RAY_TRIAL_ID_ATTR, RERUN_ATTR,
-                               SECONDS_ATTR, study_storage)
-from trainables.trial import EPOCH, RESUME_KEY
+from trainables.study import (CHECKPOINT_ATTR, DIVERGED, EPOCH, PAPER_DEFAULTS_ATTR, RAY_TRIAL_ID_ATTR, RERUN_ATTR,
+                               RESUME_KEY, SECONDS_ATTR, study_storage)
 from trainables.tune_search import SearchSettings, run_search, settle_earlier_drivers, tpe_sampler
 
 REPO = Path(__file__).resolve().parents[1]

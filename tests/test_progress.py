@@ -6,8 +6,7 @@ from typing import Any
 
 from trainables.config import SELECTION_METRIC
 from trainables.progress import ProgressLines
-from trainables.study import DIVERGED, LOSS_KEY
-from trainables.trial import EPOCH, RESUME_KEY
+from trainables.study import DIVERGED, EPOCH, LOSS_KEY, RESUME_KEY
 
 
 def _run(progress: ProgressLines, trial_id: str, curve: dict[int, float], config: dict[str, Any] | None = None,

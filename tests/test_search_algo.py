@@ -11,8 +11,7 @@ from spaces import OptimiserDefaults, default_config, define_by_run
 from trainables.config import SELECTION_METRIC
 from trainables.ray_cluster import init_ray
 from trainables.searcher import PruningAwareOptunaSearch
-from trainables.study import DIVERGED
-from trainables.trial import EPOCH
+from trainables.study import DIVERGED, EPOCH
 from trainables.tune_search import SearchSettings, run_search, tpe_sampler
 
 

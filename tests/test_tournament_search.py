@@ -12,8 +12,7 @@ from ray.tune.search import Searcher
 from spaces import OptimiserDefaults, default_config, define_by_run
 from trainables.config import SELECTION_METRIC
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA
-from trainables.study import LOSS_KEY, study_name
-from trainables.trial import EPOCH
+from trainables.study import EPOCH, LOSS_KEY, study_name
 from trainables.tune_search import tpe_sampler
 from trainables.tournament import PerLossASHA, TournamentSearch
 

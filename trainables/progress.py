@@ -8,8 +8,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from trainables.config import SELECTION_METRIC
-from trainables.study import DIVERGED, LOSS_KEY
-from trainables.trial import EPOCH, RESUME_KEY
+from trainables.study import DIVERGED, EPOCH, LOSS_KEY, RESUME_KEY
 
 
 def _short(value: Any) -> str:

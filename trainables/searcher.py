@@ -21,8 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables.config import SELECTION_METRIC, SELECTION_MODE
 from trainables.private_api import adopt_trial, reopen_trial, reported_checkpoint_dir, searcher_study, searcher_trial
-from trainables.study import CHECKPOINT_ATTR, DIVERGED, RAY_TRIAL_ID_ATTR, SECONDS_ATTR
-from trainables.trial import EPOCH, RESUME_KEY
+from trainables.study import CHECKPOINT_ATTR, DIVERGED, EPOCH, RAY_TRIAL_ID_ATTR, RESUME_KEY, SECONDS_ATTR
 
 logger = logging.getLogger(__name__)
 

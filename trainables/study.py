@@ -37,6 +37,11 @@ JOURNAL_FILE = "study.journal"  # the live record
 # A loss tournament (search.py --loss all) keeps one study per loss in the same record, and each of
 # its trials carries its loss in its config under this key (a single-loss run's configs do not).
 LOSS_KEY = "loss"
+# The progress attribute ASHA and Optuna count in: the trainer's epoch. A trial continued from a
+# checkpoint in a new Ray trial keeps its epoch, while Ray's training_iteration starts again at 1.
+EPOCH = "epoch"
+# Config key of a Ray trial that continues an interrupted study trial: {"trial": number[, "checkpoint": uri]}.
+RESUME_KEY = "resume"
 
 # User attribute linking a study trial to its Ray Tune trial (the study <-> ray/).
 RAY_TRIAL_ID_ATTR = "ray_trial_id"

@@ -24,14 +24,9 @@ from trainables.data import build_dataset
 from trainables.data.base import DMLDataset
 from trainables.data.splits import ClassSplit
 from trainables.ray_cluster import assigned_device
-from trainables.study import DIVERGED, LOSS_KEY
+from trainables.study import DIVERGED, EPOCH, LOSS_KEY, RESUME_KEY
 from trainables.trainer import DivergedError, Trainer
 
-# The progress attribute ASHA and Optuna count in: the trainer's epoch. A trial continued from a
-# checkpoint in a new Ray trial keeps its epoch, while Ray's training_iteration starts again at 1.
-EPOCH = "epoch"
-# Config key of a Ray trial that continues an interrupted study trial: {"trial": number[, "checkpoint": uri]}.
-RESUME_KEY = "resume"
 FOLD_METRIC = SELECTION_METRIC.removeprefix("val_")  # the selection metric as Trainer.evaluate names it
 
 
