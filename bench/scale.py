@@ -16,9 +16,13 @@ by actors/slots: the driver then sees the results and new trials per second of t
 at the stated epoch length, and each driver delay costs a larger share of a shorter epoch (the
 utilisation it measures is a lower bound). It does not have the full count of trials in flight.
 
-Utilisation is measured over the saturated window, from the moment every actor first ran an epoch
-to the start of the last trial: within it an idle slot waits for the driver (or Ray), never for
-work. The whole run (start-up and the ASHA tail) is printed beside it.
+Utilisation (busy slot-seconds / slot-seconds) is given over two spans. The saturated window runs
+from the moment every actor has run an epoch to the start of the last trial: within it an idle slot
+waits for the driver or Ray, never for its process to start nor for work ("n/a" where it never held,
+e.g. actors still starting when the last trial began). The whole run adds the start-up and ASHA's
+tail (the last promoted trials running on while the other slots have no trial left); its
+actor-seconds are split into busy, start-up, idle between epochs of a trial, between trials, tail.
+The last line gives the saturated window's figure.
 """
 from __future__ import annotations
 
@@ -131,14 +135,14 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     timings = Timings()
     instrument(timings, PruningAwareOptunaSearch, ResumableASHA, ProgressLines)
     samples: list[tuple[float, float, int]] = []  # (wall, driver process CPU, trials started) at each result
-    busy: list[tuple[float, float, int]] = []  # (start, end, pid) of each simulated epoch
+    busy: list[tuple[float, float, int, str]] = []  # (start, end, pid, trial id) of each simulated epoch
     first_start: dict[str, float] = {}  # trial id -> its first epoch's start
     torch_loaded: list[bool] = []
 
     class Log(tune.Callback):
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             samples.append((time.time(), time.process_time(), len(trials)))
-            busy.append((result["busy_start"], result["busy_end"], result["pid"]))
+            busy.append((result["busy_start"], result["busy_end"], result["pid"], trial.trial_id))
             first_start.setdefault(trial.trial_id, result["busy_start"])
             torch_loaded.append(result["torch_loaded"])
 
@@ -168,19 +172,15 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     tables.write(frame, run_dir / "trials.parquet")
     ray.shutdown()
 
-    # Saturated window: every actor has run an epoch .. the last trial began.
-    pids_first: dict[int, float] = {}
-    for start, _, pid in busy:
-        pids_first[pid] = min(pids_first.get(pid, start), start)
-    t0 = sorted(pids_first.values())[min(spec["actors"], len(pids_first)) - 1]
-    t1 = max(first_start.values())
-    window = max(t1 - t0, 1e-9)
-    in_window = sum(max(0.0, min(e, t1) - max(s, t0)) for s, e, _ in busy)
-    whole = sum(e - s for s, e, _ in busy)
+    # Saturated window: every actor has run an epoch .. the last trial began (None: it never held).
+    window = saturated_window(busy, first_start, spec["actors"])
+    t0, t1 = window or (wall0, wall1)
+    in_window = sum(max(0.0, min(e, t1) - max(s, t0)) for s, e, _, _ in busy)
+    whole = sum(e - s for s, e, _, _ in busy)
     times = [s[0] for s in samples]
-    i0, i1 = bisect.bisect_left(times, t0), bisect.bisect_right(times, t1) - 1
-    results_in_window = max(i1 - i0, 1)
-    driver_cpu_window = samples[i1][1] - samples[i0][1]
+    i0, i1 = bisect.bisect_left(times, t0), max(bisect.bisect_right(times, t1) - 1, 0)
+    driver_cpu_window = (samples[i1][1] - samples[i0][1]) if window else cpu1 - cpu0
+    results_in_window = max(i1 - i0, 1) if window else len(samples)
     # Driver CPU per result as the study grows: bins of trials started.
     step = max(spec["trials"] // 4, 1)
     bins: dict[int, list[float]] = defaultdict(list)
@@ -197,7 +197,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "slots": spec["slots"], "actors": spec["actors"], "trials": len(frame), "states": states,
         "epoch_seconds": spec["epoch_seconds"], "wall_s": wall1 - wall0, "results": len(samples),
-        "utilisation": in_window / (spec["actors"] * window), "window_s": window,
+        "utilisation": in_window / (spec["actors"] * (t1 - t0)) if window else None,
+        "window_s": t1 - t0 if window else 0.0,
         "utilisation_whole": whole / (spec["actors"] * (wall1 - wall0)),
         "driver_cpu_s": cpu1 - cpu0, "driver_ms_per_result": 1000 * driver_cpu_window / results_in_window,
         "driver_ms_per_result_bins": {f"{b * step}-{(b + 1) * step}": 1000 * sum(v) / len(v)
@@ -213,7 +214,47 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         "best_true": scale_trial.true_score(params, MAX_EPOCHS), "progress_lines": len(lines),
         "study_mb": sum(p.stat().st_size for p in run_dir.glob("study*")) / 2**20,
         "dashboard_copy_s": sum(copy_seconds),
+        "idle": idle_breakdown(busy, spec["actors"], wall0, wall1),
     }
+
+
+def saturated_window(busy: list[tuple[float, float, int, str]], first_start: dict[str, float],
+                     actors: int) -> tuple[float, float] | None:
+    """(t0, t1): from the moment every actor has run an epoch to the start of the last trial.
+
+    Inside it an idle slot waits for the driver or Ray, never for start-up or for work. None
+    when it never held: some actor never ran, or the last trial began before the last actor did.
+    """
+    first_by_actor: dict[int, float] = {}
+    for start, _, pid, _ in busy:
+        first_by_actor[pid] = min(first_by_actor.get(pid, start), start)
+    if len(first_by_actor) < actors:
+        return None
+    t0, t1 = max(first_by_actor.values()), max(first_start.values())
+    return (t0, t1) if t1 > t0 else None
+
+
+def idle_breakdown(busy: list[tuple[float, float, int, str]], actors: int, wall0: float,
+                   wall1: float) -> dict[str, float]:
+    """Where the actors' seconds of the whole run went, as fractions of actors x wall (they sum to 1).
+
+    start-up: before an actor's first epoch (Ray starting the worker, the first trial's set-up; an
+    actor that never ran counts whole); between epochs of one trial and between trials on one actor
+    (the report, the driver's round trip, the next trial's reset); tail: after an actor's last epoch.
+    """
+    by_actor: dict[int, list[tuple[float, float, str]]] = defaultdict(list)
+    for s, e, pid, trial in busy:
+        by_actor[pid].append((s, e, trial))
+    seconds = defaultdict(float)
+    seconds["start-up"] = (actors - len(by_actor)) * (wall1 - wall0)
+    for epochs in by_actor.values():
+        epochs.sort()
+        seconds["busy"] += sum(e - s for s, e, _ in epochs)
+        seconds["start-up"] += epochs[0][0] - wall0
+        seconds["tail"] += wall1 - epochs[-1][1]
+        for (_, e0, a), (s1, _, b) in zip(epochs, epochs[1:]):
+            seconds["within a trial" if a == b else "between trials"] += s1 - e0
+    return {k: v / (actors * (wall1 - wall0)) for k, v in seconds.items()}
 
 
 # -------------------------------------------------------------------------------------------- parent
@@ -260,6 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"most Ray actors at once (default: half the available memory / {ACTOR_MB} MB)")
     p.add_argument("--reference", help="git ref of the product to measure first, as 'before'")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="write every configuration's figures here as JSON")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -292,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((label, row))
                 print(describe(label, row))
     print_table(rows)
+    if args.out:
+        args.out.write_text(json.dumps(rows))
     last = rows[-1][1]
-    print(f"slots={last['slots']} trials={last['trials']} utilisation={last['utilisation']:.3f} "
+    print(f"slots={last['slots']} trials={last['trials']} utilisation={fraction(last['utilisation'])} "
           f"driver_ms_per_result={last['driver_ms_per_result']:.1f}")
     return 0
 
@@ -303,8 +347,9 @@ def describe(label: str, r: dict[str, Any]) -> str:
     bins = ", ".join(f"{k}: {v:.1f}" for k, v in r["driver_ms_per_result_bins"].items())
     calls = ", ".join(f"{k} {v:.2f} ms x{r['calls_per_result'][k]:.2f}" for k, v in r["ms_per_call"].items())
     return (f"  [{label}] wall {r['wall_s']:.0f} s, {r['results']} results, states {r['states']}\n"
-            f"    utilisation {r['utilisation']:.3f} over the saturated window ({r['window_s']:.0f} s), "
-            f"{r['utilisation_whole']:.3f} over the whole run\n"
+            f"    utilisation {fraction(r['utilisation'])} over the saturated window ({r['window_s']:.0f} s), "
+            f"{r['utilisation_whole']:.3f} over the whole run; the whole run's actor-seconds: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in r["idle"].items()) + "\n"
             f"    driver CPU {r['driver_cpu_s']:.0f} s, {r['driver_ms_per_result']:.1f} ms/result in the window; "
             f"by trials started: {bins}\n"
             f"    ask ms at study size: {asks}; storage writes/result {r['writes_per_result']:.1f}, "
@@ -315,6 +360,11 @@ def describe(label: str, r: dict[str, Any]) -> str:
             f"{r['machine_busy']:.2f} of {os.cpu_count()} cores, load {r['load'][0]:.1f}, torch in trials: "
             f"{r['torch_in_trials']}\n"
             f"    best: selected val {r['best_selected']:.4f}, its true score {r['best_true']:.4f} (optimum 0.7 at t=inf)")
+
+
+def fraction(x: float | None) -> str:
+    """A utilisation, or 'n/a' where its window never held (see saturated_window)."""
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def capacity(ms_per_result: float, epoch_s: float, target: float = 0.95) -> int:
@@ -337,7 +387,7 @@ def print_table(rows: list[tuple[str, dict[str, Any]]]) -> None:
         asks = "/".join(f"{r['ask_ms'].get(str(m), r['ask_ms'].get(m, float('nan'))):.0f}" for m in ASK_MARKS)
         c = r["driver_ms_per_result"]
         print(f"| {label} | {r['slots']} | {r['actors']} | {r['epoch_seconds']:.2f} | {r['trials']} "
-              f"| {r['utilisation']:.3f} | {r['utilisation_whole']:.3f} | {c:.1f} | {asks} "
+              f"| {fraction(r['utilisation'])} | {r['utilisation_whole']:.3f} | {c:.1f} | {asks} "
               f"| {r['writes_per_result']:.1f} | {r['peak_mb']:.0f} | {r['best_true']:.4f} "
               f"| {capacity(c, 30)} | {capacity(c, 300)} |")
 

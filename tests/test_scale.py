@@ -16,6 +16,7 @@ import pytest
 import ray
 from ray import tune
 from ray.cloudpickle import register_pickle_by_value
+from ray.tune.experiment import Trial
 
 from results import tables
 from spaces import OptimiserDefaults, default_config, define_by_run
@@ -33,15 +34,26 @@ pytestmark = pytest.mark.slow  # 32 trial actors: about a minute on a quiet 2-co
 
 
 class StartedTrials(tune.Callback):
+    """The trials Tune started, the most it ever held unfinished, and the actors that ran epochs."""
+
     def __init__(self) -> None:
         self.ids: list[str] = []
+        self.most_in_flight = 0
+        self.actors: set[int] = set()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ids.append(trial.trial_id)
 
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        in_flight = sum(t.status in (Trial.PENDING, Trial.RUNNING) for t in trials)
+        self.most_in_flight = max(self.most_in_flight, in_flight)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.actors.add(result["pid"])
+
 
 @pytest.fixture(scope="module")
-def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StartedTrials]:
     run_dir = tmp_path_factory.mktemp("scale")
     register_pickle_by_value(scale_trial)  # the workers need not find bench/ on their path
     started = StartedTrials()
@@ -57,11 +69,12 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]
     finally:
         ray.shutdown()
     tables.write(tables.trials_frame(tables.load_study(run_dir), MAX_EPOCHS), run_dir / "trials.parquet")
-    return run_dir, started.ids
+    return run_dir, started
 
 
 def test_every_trial_is_in_the_study_once_with_its_final_state(simulated) -> None:
-    run_dir, started = simulated
+    run_dir, callback = simulated
+    started = callback.ids
     trials = tables.load_study(run_dir).trials
     assert len(started) == TRIALS and len(set(started)) == TRIALS
     assert sorted(t.number for t in trials) == list(range(TRIALS))
@@ -70,6 +83,14 @@ def test_every_trial_is_in_the_study_once_with_its_final_state(simulated) -> Non
     assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
     assert states.count(optuna.trial.TrialState.PRUNED) > TRIALS // 2  # ASHA stopped most at its rungs
     assert states.count(optuna.trial.TrialState.COMPLETE) >= 1
+
+
+def test_no_trial_is_proposed_ahead_of_a_free_slot_and_every_actor_is_reused(simulated) -> None:
+    """SlotLimiter holds Tune to one unfinished trial per slot (TPE's constant liar sees no
+    trial that cannot start yet); a trial's actor is reused, never one per trial."""
+    _, callback = simulated
+    assert callback.most_in_flight == SLOTS
+    assert len(callback.actors) <= SLOTS
 
 
 def test_the_study_db_copy_and_trials_parquet_agree_with_the_journal(simulated) -> None:

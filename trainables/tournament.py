@@ -20,6 +20,7 @@ from ray.tune.search import Searcher
 
 from trainables.config import SELECTION_METRIC, SELECTION_MODE
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA
+from trainables.slots import choose_newest_pending
 from trainables.study import LOSS_KEY
 
 
@@ -79,7 +80,7 @@ class TournamentSearch(Searcher):
 class PerLossASHA(FIFOScheduler):
     """One ResumableASHA per loss; every trial event goes to the ASHA of the trial's loss (its LOSS_KEY).
 
-    Pending trials start in Tune's order (FIFO): which trial runs next is not a per-loss question. Curves
+    Which pending trial runs next is not a per-loss question: the newest, as under ResumableASHA. Curves
     an earlier driver saw are replayed into the loss's own ResumableASHA before it is handed in.
     """
 
@@ -97,6 +98,9 @@ class PerLossASHA(FIFOScheduler):
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return all([s.set_search_properties(metric, mode, **spec) for s in self._by_loss.values()])
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        return choose_newest_pending(tune_controller.get_trials())
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         self._of(trial).on_trial_add(tune_controller, trial)

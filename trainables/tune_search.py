@@ -30,6 +30,7 @@ from trainables.ray_cluster import init_ray, is_uri, trial_slots
 from trainables.ray_data import share
 from trainables.sampler import WindowedTPESampler
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA, delete_checkpoint, last_checkpoint
+from trainables.slots import SlotLimiter, request_slots
 from trainables.study import (DIVERGED, PAPER_DEFAULTS_ATTR, RERUN_ATTR, WriteBehindJournal, open_journal, study_name,
                               write_dashboard_copy)
 from trainables.tournament import PerLossASHA, TournamentSearch
@@ -240,12 +241,13 @@ def _search(run_dir: Path, journal: WriteBehindJournal, schedulers: dict[str, Re
         searcher, scheduler = TournamentSearch(searchers, budgets), PerLossASHA(schedulers)
     else:
         (searcher,), (scheduler,) = searchers.values(), schedulers.values()
+    slots = functools.partial(trial_slots, settings.cpus_per_trial, settings.gpus_per_trial)
     trainable = tune.with_resources(tune.with_parameters(trial, setup=setup),
                                     {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=budget,
-                                    reuse_actors=True, trial_dirname_creator=_trial_dirname),
+        tune_config=tune.TuneConfig(search_alg=SlotLimiter(searcher, slots), scheduler=scheduler,
+                                    num_samples=budget, reuse_actors=True, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, verbose=0,
             # Tune's own loggers would write CSV and TensorBoard files for every result on the
@@ -257,13 +259,17 @@ def _search(run_dir: Path, journal: WriteBehindJournal, schedulers: dict[str, Re
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=1)),
     )
-    # With a searcher Tune keeps one trial pending at a time, so the trials of the first wave start
-    # one actor start-up (seconds: imports, data) after another. Constant-liar TPE proposes well
-    # for trials still pending, so let every slot's trial start at once.
+    # With a searcher Tune keeps one trial pending at a time, so the first wave's trials would start
+    # one actor start-up (seconds: imports, data) after another. SlotLimiter is the gate instead: as
+    # many trials pending as there are free slots, every slot's trial starting at once.
     ours = PENDING_ENV not in os.environ  # a user's value wins
-    os.environ.setdefault(PENDING_ENV, str(trial_slots(settings.cpus_per_trial, settings.gpus_per_trial)))
+    os.environ.setdefault(PENDING_ENV, str(budget))
+    if settings.address is not None:  # an autoscaler grows the cluster for the trials that will run at once
+        request_slots(budget, settings.cpus_per_trial, settings.gpus_per_trial)
     try:
         tuner.fit()
     finally:
         if ours:
             del os.environ[PENDING_ENV]
+        if settings.address is not None:
+            request_slots(0, settings.cpus_per_trial, settings.gpus_per_trial)

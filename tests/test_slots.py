@@ -1,0 +1,89 @@
+"""Slot keeping (trainables/slots.py): no trial proposed ahead of a slot, a free actor to the newest
+pending trial, the autoscaler asked for the search's slots. The search-level check (a 32-slot
+simulated run never holds more than 32 unfinished trials) is in tests/test_scale.py."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.search import Searcher
+
+from trainables import slots as slots_module
+from trainables.slots import SlotLimiter, choose_newest_pending, request_slots
+
+
+class Counting(Searcher):
+    """Proposes {"n": i} for the i-th suggestion and remembers which trials it was told ended."""
+
+    def __init__(self) -> None:
+        super().__init__(metric="score", mode="max")
+        self.suggested: list[str] = []
+        self.completed: list[str] = []
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        self.suggested.append(trial_id)
+        return {"n": len(self.suggested)}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.completed.append(trial_id)
+
+
+def test_the_limiter_proposes_only_while_a_slot_is_free() -> None:
+    inner = Counting()
+    limiter = SlotLimiter(inner, slots=lambda: 2)
+    assert [limiter.suggest(t) for t in ("a", "b", "c")] == [{"n": 1}, {"n": 2}, None]
+    assert inner.suggested == ["a", "b"]  # the searcher is not asked while the slots are full
+    limiter.on_trial_complete("a", {"score": 1.0})
+    assert inner.completed == ["a"]
+    assert limiter.suggest("c") == {"n": 3}
+    assert limiter.suggest("d") is None
+
+
+def test_the_limiter_follows_the_cluster_as_slots_are_added() -> None:
+    cluster = {"slots": 1}
+    limiter = SlotLimiter(Counting(), slots=lambda: cluster["slots"], refresh_s=0.0)
+    assert limiter.suggest("a") is not None and limiter.suggest("b") is None
+    cluster["slots"] = 3  # an autoscaler added a node
+    assert limiter.suggest("b") is not None and limiter.suggest("c") is not None
+    assert limiter.suggest("d") is None
+    cluster["slots"] = 0  # a cluster with no slot left still runs one trial at a time
+    limiter.on_trial_complete("a")
+    limiter.on_trial_complete("b")
+    limiter.on_trial_complete("c")
+    assert limiter.suggest("d") is not None and limiter.suggest("e") is None
+
+
+def fake(*statuses: str) -> list[Any]:
+    return [SimpleNamespace(trial_id=str(i), status=s) for i, s in enumerate(statuses)]
+
+
+@pytest.mark.parametrize("statuses, chosen", [
+    ((Trial.TERMINATED, Trial.PENDING, Trial.RUNNING, Trial.PENDING), "3"),  # the newest pending
+    ((Trial.PAUSED, Trial.RUNNING, Trial.PAUSED), "0"),  # no pending: the oldest paused
+    ((Trial.PAUSED, Trial.PENDING), "1"),  # pending before paused
+    ((Trial.RUNNING, Trial.TERMINATED, Trial.ERROR), None),
+])
+def test_a_free_actor_goes_to_the_newest_pending_trial(statuses: tuple[str, ...], chosen: str | None) -> None:
+    trial = choose_newest_pending(fake(*statuses))
+    assert (trial.trial_id if trial else None) == chosen
+
+
+def test_the_autoscaler_is_asked_for_one_bundle_per_trial_and_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[dict[str, float]]] = []
+    monkeypatch.setattr(slots_module, "request_resources", lambda bundles: asked.append(bundles))
+    request_slots(3, cpus_per_trial=2, gpus_per_trial=0.25)
+    request_slots(2, cpus_per_trial=1, gpus_per_trial=0)
+    request_slots(0, cpus_per_trial=1, gpus_per_trial=0.25)
+    assert asked == [[{"CPU": 2, "GPU": 0.25}] * 3, [{"CPU": 1}] * 2, []]
+
+
+def test_both_schedulers_hand_a_free_actor_to_the_newest_pending_trial() -> None:
+    from trainables.searcher import ResumableASHA
+    from trainables.tournament import PerLossASHA
+
+    controller = SimpleNamespace(get_trials=lambda: fake(Trial.PENDING, Trial.RUNNING, Trial.PENDING))
+    asha = ResumableASHA(max_t=4, grace_period=1, reduction_factor=2)
+    for scheduler in (asha, PerLossASHA({"softtriple": asha})):
+        assert scheduler.choose_trial_to_run(controller).trial_id == "2"

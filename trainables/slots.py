@@ -1,0 +1,68 @@
+"""Keep every trial slot busy without proposing trials ahead of the slots or wasting actor start-ups.
+
+Two Tune behaviours cost a large search its slots (measured in bench/RESULTS.md, "Cluster scale"):
+
+- With pending trials allowed ahead of the slots, TPE proposes configs long before they can run
+  (twice the slots in flight for constant liar) and every pending trial gets an actor scheduled.
+- With actor reuse, a freed actor goes to the *oldest* pending trial (FIFO). If that trial's own
+  actor is still starting, Tune discards the starting actor: its process start-up (Ray worker,
+  imports, data) is thrown away, and when trials end faster than actors start (a slow-starting
+  trial and an ASHA rung after one short epoch) the slots never fill.
+
+So a search proposes a trial only while fewer trials are live than the cluster has slots
+(SlotLimiter), a freed actor goes to the newest pending trial, which has no actor yet
+(choose_newest_pending), and on a cluster the autoscaler is asked up front for the search's slots
+(request_slots), since no trial waits for resources to ask for them.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ray.autoscaler.sdk import request_resources
+from ray.tune.experiment import Trial
+from ray.tune.search import ConcurrencyLimiter, Searcher
+
+
+class SlotLimiter(ConcurrencyLimiter):
+    """At most one live trial per slot the cluster has now (rechecked every `refresh_s`, as nodes join).
+
+    A trial is proposed when a slot frees, with every running trial known to constant-liar TPE, and
+    not a whole trial's length before it can start.
+    """
+
+    def __init__(self, searcher: Searcher, slots: Callable[[], int], refresh_s: float = 5.0) -> None:
+        super().__init__(searcher, max_concurrent=max(1, slots()))
+        self._slots = slots
+        self._refresh_s = refresh_s
+        self._checked = time.monotonic()
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if time.monotonic() - self._checked >= self._refresh_s:
+            self.set_max_concurrency(max(1, self._slots()))
+            self._checked = time.monotonic()
+        return super().suggest(trial_id)
+
+
+def choose_newest_pending(trials: Sequence[Trial]) -> Trial | None:
+    """The trial a free actor should run: the newest PENDING one, else the oldest PAUSED one.
+
+    Under SlotLimiter every older pending trial already has a slot and its own actor starting;
+    handing the free actor to one of them would make Tune discard that start-up. The newest
+    pending trial was proposed for the slot that just freed and has no actor yet.
+    """
+    for trial in reversed(trials):
+        if trial.status == Trial.PENDING:
+            return trial
+    return next((t for t in trials if t.status == Trial.PAUSED), None)
+
+
+def request_slots(trials: int, cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Ask the cluster's autoscaler (if any) for room to run `trials` trials at once; empty: release.
+
+    Without this an autoscaling cluster would never grow: SlotLimiter leaves no trial waiting for
+    resources, which is what the autoscaler scales on. Where no autoscaler runs it is a no-op.
+    """
+    bundle = {"CPU": cpus_per_trial, **({"GPU": gpus_per_trial} if gpus_per_trial else {})}
+    request_resources(bundles=[bundle] * trials)
