@@ -79,3 +79,72 @@ def test_tpes_window_keeps_its_good_group_the_running_trials_and_the_latest_othe
     latest = list(range(730 - 100, 730))
     assert numbers == sorted(set(good + latest + [t.number for t in running]))
     assert len(WindowedTPESampler(history=1000).window(study)) == 735  # a small study is modelled whole
+
+
+def test_tpes_window_updates_its_good_group_as_better_trials_finish_and_ties_go_to_the_older() -> None:
+    study = optuna.create_study(direction="maximize")
+    for i in range(600):  # ten trials share each value: the good group holds 0..24, not 25..29
+        study.tell(study.ask(X), 0.5 - (i // 10) / 1000)
+    sampler = WindowedTPESampler(history=100, seed=0)
+    assert [t.number for t in sampler.window(study)][:GOOD] == list(range(GOOD))
+    for _ in range(10):  # better than all: they join the good group and push out 15..24
+        study.tell(study.ask(X), 0.9)
+    for i in range(100):  # a newer history, pushing the ten out of it
+        study.tell(study.ask(X), 0.1)
+    window = {t.number for t in sampler.window(study)}
+    assert window == set(range(15)) | set(range(600, 610)) | set(range(610, 710))
+
+
+def test_tpes_search_space_is_optunas_intersection_of_the_finished_trials() -> None:
+    """Read once per trial, it still drops a parameter a later trial lacks or draws from another range."""
+    sampler = WindowedTPESampler(seed=0, multivariate=True)
+    reference = optuna.search_space.IntersectionSearchSpace(include_pruned=True)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    spaces = []
+
+    def run(y_high: float, with_z: bool, state: TrialState) -> None:
+        trial = study.ask({"x": FloatDistribution(0.0, 1.0), "y": FloatDistribution(0.0, y_high)}
+                          | ({"z": FloatDistribution(0.0, 1.0)} if with_z else {}))
+        if state != TrialState.RUNNING:
+            study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
+        spaces.append((sampler.infer_relative_search_space(study, trial), reference.calculate(study)))
+
+    for _ in range(3):
+        run(1.0, True, TrialState.COMPLETE)
+    run(1.0, False, TrialState.FAIL)  # a failed trial counts for neither
+    run(1.0, False, TrialState.RUNNING)  # nor an unfinished one, until it finishes
+    run(1.0, True, TrialState.PRUNED)
+    assert spaces[-1][0].keys() == {"x", "y", "z"}
+    run(2.0, True, TrialState.PRUNED)  # y from another range: no longer shared
+    run(1.0, False, TrialState.COMPLETE)  # z missing
+    assert spaces[-1][0].keys() == {"x"}
+    assert [ours for ours, _ in spaces] == [theirs for _, theirs in spaces]
+
+
+def test_windowed_tpe_proposes_what_optunas_tpe_does_on_a_study_within_its_window() -> None:
+    def proposals(sampler: optuna.samplers.BaseSampler) -> list[dict[str, float]]:
+        study = optuna.create_study(sampler=sampler, direction="maximize")
+        running = []
+        for i in range(40):  # four in flight, every third stopped early, as under ASHA
+            trial = study.ask()
+            trial.suggest_float("x", 0.0, 1.0)
+            trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+            running.append(trial)
+            if len(running) == 4:
+                done = running.pop(0)
+                done.report(done.params["x"], 1)
+                study.tell(done, state=TrialState.PRUNED) if i % 3 == 0 else study.tell(done, done.params["x"])
+        return [t.params for t in study.trials]
+
+    settings = {"seed": 3, "multivariate": True, "constant_liar": True, "n_startup_trials": 5}
+    assert proposals(WindowedTPESampler(**settings)) == proposals(optuna.samplers.TPESampler(**settings))
+
+
+def test_tpes_window_ranks_a_pruned_trial_that_ended_on_nan_last_as_optuna_does() -> None:
+    study = optuna.create_study(direction="maximize")
+    for i in range(600):  # all pruned at epoch 1, the first on NaN, the rest worse in turn
+        trial = study.ask(X)
+        trial.report(float("nan") if i == 0 else 0.5 - i / 10000, 1)
+        study.tell(trial, state=TrialState.PRUNED)
+    numbers = [t.number for t in WindowedTPESampler(history=100, seed=0).window(study)]
+    assert numbers[:GOOD] == list(range(1, GOOD + 1))

@@ -10,10 +10,16 @@ driver spends its time proposing. The window keeps what decides TPE's proposals:
 - every running trial (constant liar counts them as bad, so parallel proposals spread out);
 - the `history` most recent other finished trials, the rest of the "bad" group. TPE already
   weighs older trials of that group down (to 1/n for the oldest), so the oldest drop out first.
+
+A finished trial never changes, so each is read once: its rank (for the good group) and its
+distributions (for the multivariate search space) are folded into running results, and an ask
+at 2,000 trials does not re-rank or re-intersect the whole study.
 """
 from __future__ import annotations
 
-import heapq
+import bisect
+import copy
+import math
 from typing import Any
 
 import optuna
@@ -25,6 +31,7 @@ from trainables.private_api import trials_view
 
 GOOD = 25  # TPE's largest "good" group (optuna's default_gamma caps it at 25)
 HISTORY = 500  # other finished trials TPE models (with the good group and running trials: ~600-800 in all)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials TPE learns from (Optuna's include_pruned)
 
 
 def _rank(trial: FrozenTrial, sign: float) -> tuple[int, float, float]:
@@ -35,30 +42,57 @@ def _rank(trial: FrozenTrial, sign: float) -> tuple[int, float, float]:
     if not trial.intermediate_values:
         return 1, 1.0, 0.0
     step, value = max(trial.intermediate_values.items())
-    return 1, -step, -sign * value
+    return 1, -step, math.inf if math.isnan(value) else -sign * value  # NaN last, as Optuna ranks it
 
 
 class WindowedTPESampler(optuna.samplers.TPESampler):
-    """TPESampler (multivariate, constant liar as configured) whose proposals model `window(study)`."""
+    """TPESampler (multivariate, constant liar as configured) whose proposals model `window(study)`.
+
+    One sampler serves one study (as Optuna's own search-space cache does): what it learnt of the
+    study's finished trials is kept between asks.
+    """
 
     def __init__(self, *, history: int = HISTORY, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.history = history
-        self._ranks: dict[int, tuple[int, float, float]] = {}  # finished trial number -> _rank (it never changes)
+        # The search space below is Optuna's multivariate one; grouped or independent TPE infers its own.
+        self._intersects = kwargs.get("multivariate") is True and not kwargs.get("group")
+        self._read: set[int] = set()  # numbers of the finished trials folded in below
+        self._best: list[tuple[int, float, float, int]] = []  # the GOOD best (_rank, number), sorted
+        self._space: dict[str, BaseDistribution] | None = None  # what every finished trial's params share
+
+    def _read_finished(self, study: optuna.Study, finished: list[FrozenTrial]) -> None:
+        """Fold the trials that finished since the last call into the good group and the search space."""
+        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+        for t in finished:
+            if t.number in self._read:
+                continue
+            self._read.add(t.number)
+            # Ties go to the older trial, as in Optuna's stable sort of the study's trials.
+            bisect.insort(self._best, (*_rank(t, sign), t.number))
+            del self._best[GOOD:]
+            self._space = dict(t.distributions) if self._space is None else {
+                name: d for name, d in self._space.items() if t.distributions.get(name) == d}
 
     def window(self, study: optuna.Study) -> list[FrozenTrial]:
         """The trials (in number order) TPE models for the next proposal; every trial while few."""
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
         finished = [t for t in trials if t.state != TrialState.RUNNING]
         if len(finished) <= self.history + 2 * GOOD:
             return trials
-        sign = 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-        for t in finished:
-            if t.number not in self._ranks:
-                self._ranks[t.number] = _rank(t, sign)
-        keep = {t.number for t in heapq.nsmallest(GOOD, finished, key=lambda t: self._ranks[t.number])}
+        self._read_finished(study, finished)
+        keep = {best[-1] for best in self._best}
         keep.update(t.number for t in finished[-self.history:])
         return [t for t in trials if t.state == TrialState.RUNNING or t.number in keep]
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        """Optuna's multivariate space, the parameters every finished trial drew from the same
+        distribution, from each finished trial read once (Optuna's own cache rereads every trial
+        since the oldest running one: the whole study once a trial is left RUNNING)."""
+        if not self._intersects:
+            return super().infer_relative_search_space(study, trial)
+        self._read_finished(study, study.get_trials(deepcopy=False, states=FINISHED))
+        return {name: copy.deepcopy(d) for name, d in sorted((self._space or {}).items()) if not d.single()}
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
