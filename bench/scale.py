@@ -56,11 +56,11 @@ class Timings:
     def __init__(self) -> None:
         self.cpu: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
-        self.asks: list[tuple[int, float]] = []  # (trials in the study before it, wall seconds)
+        self.asks: list[tuple[int, float, float]] = []  # (trials in the study before it, wall s, thread CPU s)
         self.writes: list[float] = []  # wall seconds of each storage write (outermost call only)
         self._depth = 0
 
-    def wrap(self, cls: type, method: str, name: str, on_done: Callable[[float], None] | None = None) -> None:
+    def wrap(self, cls: type, method: str, name: str, on_done: Callable[[float, float], None] | None = None) -> None:
         inner = cls.__dict__.get(method)
         if inner is None:
             return
@@ -74,10 +74,11 @@ class Timings:
             finally:
                 self._depth -= name == "storage write"
                 if outer:
-                    self.cpu[name] += time.thread_time() - cpu
+                    cpu = time.thread_time() - cpu
+                    self.cpu[name] += cpu
                     self.calls[name] += 1
                     if on_done:
-                        on_done(time.perf_counter() - wall)
+                        on_done(time.perf_counter() - wall, cpu)
 
         setattr(cls, method, timed)
 
@@ -91,7 +92,7 @@ def instrument(timings: Timings, searcher_cls: type, scheduler_cls: type, progre
     import optuna
 
     timings.wrap(searcher_cls, "suggest", "ask (searcher.suggest)",
-                 lambda s: timings.asks.append((timings.calls["ask (searcher.suggest)"], s)))
+                 lambda wall, cpu: timings.asks.append((timings.calls["ask (searcher.suggest)"], wall, cpu)))
     timings.wrap(searcher_cls, "on_trial_result", "searcher.on_trial_result")
     timings.wrap(searcher_cls, "on_trial_complete", "searcher.on_trial_complete")
     from ray.tune.schedulers import AsyncHyperBandScheduler
@@ -104,7 +105,7 @@ def instrument(timings: Timings, searcher_cls: type, scheduler_cls: type, progre
                 optuna.storages._CachedStorage]
     for cls in storages:
         for method in STORAGE_WRITES:
-            timings.wrap(cls, method, "storage write", timings.writes.append)
+            timings.wrap(cls, method, "storage write", lambda wall, cpu: timings.writes.append(wall))
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -186,11 +187,12 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     bins: dict[int, list[float]] = defaultdict(list)
     for (_, c0, _), (_, c1, n) in zip(samples, samples[1:]):
         bins[min((n - 1) // step, 3)].append(c1 - c0)
-    asks = {}
+    asks, ask_cpu = {}, {}
     for mark in ASK_MARKS:
-        near = [s for n, s in timings.asks if abs(n - mark) <= max(25, mark // 20)]
+        near = [(wall, cpu) for n, wall, cpu in timings.asks if abs(n - mark) <= max(25, mark // 20)]
         if near and mark <= spec["trials"]:
-            asks[mark] = 1000 * median(near)
+            asks[mark] = 1000 * median(w for w, _ in near)
+            ask_cpu[mark] = 1000 * median(c for _, c in near)
     best = select_top(frame, 1).iloc[0]
     params = {k.removeprefix("param_"): best[k] for k in tables.param_columns(frame)}
     states = frame["state"].value_counts().to_dict()
@@ -205,7 +207,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
                                       for b, v in sorted(bins.items())},
         "ms_per_call": {k: 1000 * timings.cpu[k] / timings.calls[k] for k in sorted(timings.cpu)},
         "calls_per_result": {k: timings.calls[k] / len(samples) for k in sorted(timings.calls)},
-        "ask_ms": asks, "write_ms_median": 1000 * median(timings.writes) if timings.writes else None,
+        "ask_ms": asks, "ask_cpu_ms": ask_cpu, "write_ms_median": 1000 * median(timings.writes) if timings.writes else None,
         "writes_per_result": len(timings.writes) / len(samples),
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "machine_busy": (machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1) * (os.cpu_count() or 1),
@@ -343,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def describe(label: str, r: dict[str, Any]) -> str:
-    asks = ", ".join(f"{k}: {v:.0f}" for k, v in r["ask_ms"].items())
+    asks = ", ".join(f"{k}: {v:.0f} ({r['ask_cpu_ms'][k]:.1f} CPU)" for k, v in r["ask_ms"].items())
     bins = ", ".join(f"{k}: {v:.1f}" for k, v in r["driver_ms_per_result_bins"].items())
     calls = ", ".join(f"{k} {v:.2f} ms x{r['calls_per_result'][k]:.2f}" for k, v in r["ms_per_call"].items())
     return (f"  [{label}] wall {r['wall_s']:.0f} s, {r['results']} results, states {r['states']}\n"
@@ -352,7 +354,7 @@ def describe(label: str, r: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v:.3f}" for k, v in r["idle"].items()) + "\n"
             f"    driver CPU {r['driver_cpu_s']:.0f} s, {r['driver_ms_per_result']:.1f} ms/result in the window; "
             f"by trials started: {bins}\n"
-            f"    ask ms at study size: {asks}; storage writes/result {r['writes_per_result']:.1f}, "
+            f"    ask ms (wall, median) at study size: {asks}; storage writes/result {r['writes_per_result']:.1f}, "
             f"median write {r['write_ms_median'] or 0:.2f} ms\n"
             f"    per call (thread CPU ms x calls per result): {calls}\n"
             f"    driver peak {r['peak_mb']:.0f} MB, study files {r['study_mb']:.1f} MB (study.db copy "
