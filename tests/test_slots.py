@@ -1,5 +1,5 @@
-"""Slot keeping (trainables/slots.py): no trial proposed ahead of a slot, a free actor to the newest
-pending trial, the autoscaler asked for the search's slots. The search-level check (a 32-slot
+"""Slot keeping (trainables/slots.py): no trial proposed ahead of a slot, a freed actor to the trial
+proposed for its slot, the autoscaler asked for the search's slots. The search-level check (a 32-slot
 simulated run never holds more than 32 unfinished trials) is in tests/test_scale.py."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
 from trainables import slots as slots_module
-from trainables.slots import SlotLimiter, choose_newest_pending, request_slots
+from trainables.slots import FreshTrialFirst, SlotLimiter, request_slots
 
 
 class Counting(Searcher):
@@ -59,15 +59,26 @@ def fake(*statuses: str) -> list[Any]:
     return [SimpleNamespace(trial_id=str(i), status=s) for i, s in enumerate(statuses)]
 
 
-@pytest.mark.parametrize("statuses, chosen", [
-    ((Trial.TERMINATED, Trial.PENDING, Trial.RUNNING, Trial.PENDING), "3"),  # the newest pending
-    ((Trial.PAUSED, Trial.RUNNING, Trial.PAUSED), "0"),  # no pending: the oldest paused
-    ((Trial.PAUSED, Trial.PENDING), "1"),  # pending before paused
-    ((Trial.RUNNING, Trial.TERMINATED, Trial.ERROR), None),
-])
-def test_a_free_actor_goes_to_the_newest_pending_trial(statuses: tuple[str, ...], chosen: str | None) -> None:
-    trial = choose_newest_pending(fake(*statuses))
-    assert (trial.trial_id if trial else None) == chosen
+def test_the_first_wave_is_placed_in_proposal_order() -> None:
+    """Every trial fresh: the oldest first, so actors are requested in the order TPE proposed."""
+    assert FreshTrialFirst().choose(fake(Trial.PENDING, Trial.PENDING, Trial.PENDING)).trial_id == "0"
+
+
+def test_a_freed_actor_goes_to_the_trial_proposed_since_not_to_one_whose_actor_is_starting() -> None:
+    placement = FreshTrialFirst()
+    first_wave = fake(Trial.RUNNING, Trial.PENDING, Trial.PENDING)  # 1 and 2: their actors starting
+    assert placement.choose(first_wave).trial_id == "1"
+    # Trial 0 ended and trial 3 was proposed for its slot: 3 takes the freed actor, 1 and 2 keep theirs.
+    later = fake(Trial.TERMINATED, Trial.PENDING, Trial.PENDING, Trial.PENDING)
+    assert placement.choose(later).trial_id == "3"
+    assert placement.choose(later) is None  # nothing fresh: Tune's own choice stands
+
+
+def test_a_trial_back_to_pending_after_a_failure_is_fresh_and_paused_ones_come_after_pending() -> None:
+    placement = FreshTrialFirst()
+    assert placement.choose(fake(Trial.RUNNING, Trial.PAUSED)).trial_id == "1"
+    assert placement.choose(fake(Trial.PENDING, Trial.PAUSED)).trial_id == "0"  # 0 failed, retried
+    assert placement.choose(fake(Trial.TERMINATED, Trial.RUNNING, Trial.ERROR)) is None
 
 
 def test_the_autoscaler_is_asked_for_one_bundle_per_trial_and_released(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,11 +90,12 @@ def test_the_autoscaler_is_asked_for_one_bundle_per_trial_and_released(monkeypat
     assert asked == [[{"CPU": 2, "GPU": 0.25}] * 3, [{"CPU": 1}] * 2, []]
 
 
-def test_both_schedulers_hand_a_free_actor_to_the_newest_pending_trial() -> None:
+def test_both_schedulers_place_the_fresh_trial_first() -> None:
     from trainables.searcher import ResumableASHA
     from trainables.tournament import PerLossASHA
 
-    controller = SimpleNamespace(get_trials=lambda: fake(Trial.PENDING, Trial.RUNNING, Trial.PENDING))
+    waves = [fake(Trial.PENDING, Trial.PENDING), fake(Trial.TERMINATED, Trial.PENDING, Trial.PENDING)]
     asha = ResumableASHA(max_t=4, grace_period=1, reduction_factor=2)
     for scheduler in (asha, PerLossASHA({"softtriple": asha})):
-        assert scheduler.choose_trial_to_run(controller).trial_id == "2"
+        chosen = [scheduler.choose_trial_to_run(SimpleNamespace(get_trials=lambda w=w: w)) for w in waves]
+        assert [t.trial_id for t in chosen] == ["0", "2"]

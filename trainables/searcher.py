@@ -22,7 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables.config import SELECTION_METRIC, SELECTION_MODE
 from trainables.private_api import adopt_trial, reopen_trial, reported_checkpoint_dir, searcher_study, searcher_trial
-from trainables.slots import choose_newest_pending
+from trainables.slots import FreshTrialFirst
 from trainables.study import CHECKPOINT_ATTR, DIVERGED, EPOCH, RAY_TRIAL_ID_ATTR, RESUME_KEY, SECONDS_ATTR
 
 logger = logging.getLogger(__name__)
@@ -172,9 +172,10 @@ class ResumableASHA(ASHAScheduler):
                              f"but got {reduction_factor}.")
         super().__init__(time_attr=EPOCH, metric=SELECTION_METRIC, mode=SELECTION_MODE, max_t=max_t,
                          grace_period=grace_period, reduction_factor=reduction_factor, brackets=1)
+        self._placement = FreshTrialFirst()
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
-        return choose_newest_pending(tune_controller.get_trials())
+        return self._placement.choose(tune_controller.get_trials())
 
     def replay(self, key: str, curve: Mapping[int, float]) -> None:
         """Record a curve (epoch -> score) under `key` as if its trial had reported it live.

@@ -4,14 +4,14 @@ Two Tune behaviours cost a large search its slots (measured in bench/RESULTS.md,
 
 - With pending trials allowed ahead of the slots, TPE proposes configs long before they can run
   (twice the slots in flight for constant liar) and every pending trial gets an actor scheduled.
-- With actor reuse, a freed actor goes to the *oldest* pending trial (FIFO). If that trial's own
+- With actor reuse, a freed actor goes to the oldest pending trial (FIFO). If that trial's own
   actor is still starting, Tune discards the starting actor: its process start-up (Ray worker,
   imports, data) is thrown away, and when trials end faster than actors start (a slow-starting
   trial and an ASHA rung after one short epoch) the slots never fill.
 
 So a search proposes a trial only while fewer trials are live than the cluster has slots
-(SlotLimiter), a freed actor goes to the newest pending trial, which has no actor yet
-(choose_newest_pending), and on a cluster the autoscaler is asked up front for the search's slots
+(SlotLimiter), a freed actor goes to the trial proposed for its slot, which has no actor yet
+(FreshTrialFirst), and on a cluster the autoscaler is asked up front for the search's slots
 (request_slots), since no trial waits for resources to ask for them.
 """
 from __future__ import annotations
@@ -45,17 +45,26 @@ class SlotLimiter(ConcurrencyLimiter):
         return super().suggest(trial_id)
 
 
-def choose_newest_pending(trials: Sequence[Trial]) -> Trial | None:
-    """The trial a free actor should run: the newest PENDING one, else the oldest PAUSED one.
+class FreshTrialFirst:
+    """Which pending trial Tune places next: the oldest one that has no actor yet, else none.
 
-    Under SlotLimiter every older pending trial already has a slot and its own actor starting;
-    handing the free actor to one of them would make Tune discard that start-up. The newest
-    pending trial was proposed for the slot that just freed and has no actor yet.
+    Tune gives every pending trial an actor (a cached one, or a new one starting) in the step that
+    asks this, so a trial pending at the previous call has one. A fresh trial is one proposed
+    since: handed a freed actor, it starts at once and no starting actor is discarded. Oldest
+    first keeps the first wave's actors requested in proposal order (a run is reproducible from its
+    seed). With no fresh trial the oldest PAUSED one; None leaves the choice to Tune.
     """
-    for trial in reversed(trials):
-        if trial.status == Trial.PENDING:
-            return trial
-    return next((t for t in trials if t.status == Trial.PAUSED), None)
+
+    def __init__(self) -> None:
+        self._pending_before: set[str] = set()
+
+    def choose(self, trials: Sequence[Trial]) -> Trial | None:
+        pending = [t for t in trials if t.status == Trial.PENDING]
+        fresh = [t for t in pending if t.trial_id not in self._pending_before]
+        self._pending_before = {t.trial_id for t in pending}
+        if fresh:
+            return fresh[0]
+        return next((t for t in trials if t.status == Trial.PAUSED), None)
 
 
 def request_slots(trials: int, cpus_per_trial: float, gpus_per_trial: float) -> None:

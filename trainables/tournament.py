@@ -20,7 +20,7 @@ from ray.tune.search import Searcher
 
 from trainables.config import SELECTION_METRIC, SELECTION_MODE
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA
-from trainables.slots import choose_newest_pending
+from trainables.slots import FreshTrialFirst
 from trainables.study import LOSS_KEY
 
 
@@ -80,13 +80,14 @@ class TournamentSearch(Searcher):
 class PerLossASHA(FIFOScheduler):
     """One ResumableASHA per loss; every trial event goes to the ASHA of the trial's loss (its LOSS_KEY).
 
-    Which pending trial runs next is not a per-loss question: the newest, as under ResumableASHA. Curves
-    an earlier driver saw are replayed into the loss's own ResumableASHA before it is handed in.
+    Which pending trial runs next is not a per-loss question: as under ResumableASHA (FreshTrialFirst).
+    Curves an earlier driver saw are replayed into the loss's own ResumableASHA before it is handed in.
     """
 
     def __init__(self, schedulers: Mapping[str, ResumableASHA]) -> None:
         super().__init__()
         self._by_loss = dict(schedulers)
+        self._placement = FreshTrialFirst()
         self._metric = SELECTION_METRIC
 
     def _of(self, trial: Trial) -> ResumableASHA:
@@ -100,7 +101,7 @@ class PerLossASHA(FIFOScheduler):
         return all([s.set_search_properties(metric, mode, **spec) for s in self._by_loss.values()])
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
-        return choose_newest_pending(tune_controller.get_trials())
+        return self._placement.choose(tune_controller.get_trials())
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         self._of(trial).on_trial_add(tune_controller, trial)
