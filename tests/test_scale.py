@@ -6,6 +6,7 @@ the study.db copy agree with the journal, and each trial kept one checkpoint, th
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from spaces import OptimiserDefaults, default_config, define_by_run
 from trainables.config import SELECTION_METRIC
 from trainables.ray_cluster import init_ray
 from trainables.study import CHECKPOINT_ATTR, RAY_TRIAL_ID_ATTR, STUDY_NAME, study_url
-from trainables.tune_search import SearchSettings, run_search
+from trainables.tune_search import PENDING_ENV, SNAPSHOT_ENV, SNAPSHOT_SECONDS, SearchSettings, run_search
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import scale_trial  # noqa: E402
@@ -40,9 +41,11 @@ class StartedTrials(tune.Callback):
         self.ids: list[str] = []
         self.most_in_flight = 0
         self.actors: set[int] = set()
+        self.tune_env: dict[str, str | None] = {}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ids.append(trial.trial_id)
+        self.tune_env = {name: os.environ.get(name) for name in (PENDING_ENV, SNAPSHOT_ENV)}
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         in_flight = sum(t.status in (Trial.PENDING, Trial.RUNNING) for t in trials)
@@ -91,6 +94,13 @@ def test_no_trial_is_proposed_ahead_of_a_free_slot_and_every_actor_is_reused(sim
     _, callback = simulated
     assert callback.most_in_flight == SLOTS
     assert len(callback.actors) <= SLOTS
+
+
+def test_tune_runs_with_our_settings_and_the_environment_is_restored(simulated) -> None:
+    """SlotLimiter, not Tune's pending limit, is the gate; Tune's experiment state is saved rarely."""
+    _, callback = simulated
+    assert callback.tune_env == {PENDING_ENV: str(TRIALS), SNAPSHOT_ENV: str(SNAPSHOT_SECONDS)}
+    assert PENDING_ENV not in os.environ and SNAPSHOT_ENV not in os.environ
 
 
 def test_the_study_db_copy_and_trials_parquet_agree_with_the_journal(simulated) -> None:

@@ -66,19 +66,24 @@ def test_the_first_wave_is_placed_in_proposal_order() -> None:
 
 def test_a_freed_actor_goes_to_the_trial_proposed_since_not_to_one_whose_actor_is_starting() -> None:
     placement = FreshTrialFirst()
-    first_wave = fake(Trial.RUNNING, Trial.PENDING, Trial.PENDING)  # 1 and 2: their actors starting
-    assert placement.choose(first_wave).trial_id == "1"
+    trials = fake(Trial.RUNNING, Trial.PENDING, Trial.PENDING)  # 1 and 2: their actors starting
+    assert placement.choose(trials).trial_id == "1"
     # Trial 0 ended and trial 3 was proposed for its slot: 3 takes the freed actor, 1 and 2 keep theirs.
-    later = fake(Trial.TERMINATED, Trial.PENDING, Trial.PENDING, Trial.PENDING)
-    assert placement.choose(later).trial_id == "3"
-    assert placement.choose(later) is None  # nothing fresh: Tune's own choice stands
+    trials[0].status = Trial.TERMINATED
+    trials += fake(*[Trial.PENDING] * 4)[3:]
+    assert placement.choose(trials).trial_id == "3"
+    assert placement.choose(trials) is None  # nothing fresh: Tune's own choice stands
 
 
 def test_a_trial_back_to_pending_after_a_failure_is_fresh_and_paused_ones_come_after_pending() -> None:
     placement = FreshTrialFirst()
-    assert placement.choose(fake(Trial.RUNNING, Trial.PAUSED)).trial_id == "1"
-    assert placement.choose(fake(Trial.PENDING, Trial.PAUSED)).trial_id == "0"  # 0 failed, retried
-    assert placement.choose(fake(Trial.TERMINATED, Trial.RUNNING, Trial.ERROR)) is None
+    trials = fake(Trial.RUNNING, Trial.PAUSED)
+    assert placement.choose(trials).trial_id == "1"
+    trials[0].status = Trial.PENDING  # 0 failed and is retried
+    assert placement.choose(trials).trial_id == "0"
+    trials[0].status, trials[1].status = Trial.TERMINATED, Trial.RUNNING
+    trials += fake(Trial.ERROR, Trial.ERROR, Trial.TERMINATED)[2:]
+    assert placement.choose(trials) is None
 
 
 def test_the_autoscaler_is_asked_for_one_bundle_per_trial_and_released(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,8 +99,11 @@ def test_both_schedulers_place_the_fresh_trial_first() -> None:
     from trainables.searcher import ResumableASHA
     from trainables.tournament import PerLossASHA
 
-    waves = [fake(Trial.PENDING, Trial.PENDING), fake(Trial.TERMINATED, Trial.PENDING, Trial.PENDING)]
-    asha = ResumableASHA(max_t=4, grace_period=1, reduction_factor=2)
-    for scheduler in (asha, PerLossASHA({"softtriple": asha})):
-        chosen = [scheduler.choose_trial_to_run(SimpleNamespace(get_trials=lambda w=w: w)) for w in waves]
-        assert [t.trial_id for t in chosen] == ["0", "2"]
+    for make in (lambda asha: asha, lambda asha: PerLossASHA({"softtriple": asha})):
+        scheduler = make(ResumableASHA(max_t=4, grace_period=1, reduction_factor=2))
+        trials = fake(Trial.PENDING, Trial.PENDING)
+        controller = SimpleNamespace(get_trials=lambda: trials)
+        assert scheduler.choose_trial_to_run(controller).trial_id == "0"
+        trials[0].status = Trial.TERMINATED
+        trials.append(SimpleNamespace(trial_id="2", status=Trial.PENDING))
+        assert scheduler.choose_trial_to_run(controller).trial_id == "2"

@@ -45,6 +45,9 @@ class SlotLimiter(ConcurrencyLimiter):
         return super().suggest(trial_id)
 
 
+UNFINISHED = (Trial.PENDING, Trial.RUNNING, Trial.PAUSED)  # a trial retried after a failure goes back to PENDING
+
+
 class FreshTrialFirst:
     """Which pending trial Tune places next: the oldest one that has no actor yet, else none.
 
@@ -57,14 +60,19 @@ class FreshTrialFirst:
 
     def __init__(self) -> None:
         self._pending_before: set[str] = set()
+        self._live: list[Trial] = []  # trials not finished at the last call, in the order Tune added them
+        self._seen = 0  # how many of Tune's trials (an append-only list) were looked at
 
     def choose(self, trials: Sequence[Trial]) -> Trial | None:
-        pending = [t for t in trials if t.status == Trial.PENDING]
+        # Called at every step of Tune's loop: look at the unfinished trials only, not the whole study.
+        self._live = [t for t in (*self._live, *trials[self._seen:]) if t.status in UNFINISHED]
+        self._seen = len(trials)
+        pending = [t for t in self._live if t.status == Trial.PENDING]
         fresh = [t for t in pending if t.trial_id not in self._pending_before]
         self._pending_before = {t.trial_id for t in pending}
         if fresh:
             return fresh[0]
-        return next((t for t in trials if t.status == Trial.PAUSED), None)
+        return next((t for t in self._live if t.status == Trial.PAUSED), None)
 
 
 def request_slots(trials: int, cpus_per_trial: float, gpus_per_trial: float) -> None:

@@ -38,6 +38,8 @@ from trainables.trial import TrialSetup, run_trial
 
 EXPERIMENT_DIR = "ray"
 PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"  # Tune's limit on trials waiting for an actor (a user's value wins)
+SNAPSHOT_ENV = "TUNE_GLOBAL_CHECKPOINT_S"  # how often Tune saves its experiment state (a user's value wins)
+SNAPSHOT_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -262,14 +264,18 @@ def _search(run_dir: Path, journal: WriteBehindJournal, schedulers: dict[str, Re
     # With a searcher Tune keeps one trial pending at a time, so the first wave's trials would start
     # one actor start-up (seconds: imports, data) after another. SlotLimiter is the gate instead: as
     # many trials pending as there are free slots, every slot's trial starting at once.
-    ours = PENDING_ENV not in os.environ  # a user's value wins
-    os.environ.setdefault(PENDING_ENV, str(budget))
+    # Tune saves its whole experiment state (every trial) at least every 10 s, 5 % of the driver's
+    # time and a cost per result that grows with the study (bench/RESULTS.md, "Cluster scale"); a
+    # resume reads study.journal, not that state, so it is saved every 10 minutes and at the end.
+    tune_env = {PENDING_ENV: str(budget), SNAPSHOT_ENV: str(SNAPSHOT_SECONDS)}
+    ours = [name for name in tune_env if name not in os.environ]  # a user's value wins
+    os.environ.update({name: tune_env[name] for name in ours})
     if settings.address is not None:  # an autoscaler grows the cluster for the trials that will run at once
         request_slots(budget, settings.cpus_per_trial, settings.gpus_per_trial)
     try:
         tuner.fit()
     finally:
-        if ours:
-            del os.environ[PENDING_ENV]
+        for name in ours:
+            del os.environ[name]
         if settings.address is not None:
             request_slots(0, settings.cpus_per_trial, settings.gpus_per_trial)
