@@ -58,10 +58,10 @@ class SearchSettings:
     dashboard: bool = False  # local Ray only: its dashboard, on 127.0.0.1
 
 
-def tpe_sampler(trials: int, seed: int) -> optuna.samplers.TPESampler:
+def tpe_sampler(trials: int, seed: int, constant_liar: bool = True) -> optuna.samplers.TPESampler:
     """TPE whose random start-up phase fits the budget (Optuna's default of 10 would be all of a small study),
     modelling a bounded window of the study, so a proposal at 2,000 trials costs what one at 1,000 does."""
-    return WindowedTPESampler(seed=seed, multivariate=True, constant_liar=True,
+    return WindowedTPESampler(seed=seed, multivariate=True, constant_liar=constant_liar,
                               n_startup_trials=max(2, min(10, trials // 3)))
 
 
