@@ -124,13 +124,11 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import scale_trial
     from spaces import OptimiserDefaults, default_config, define_by_run
-    from trainables.config import SELECTION_METRIC
     from trainables import tune_search as product
     from trainables.progress import ProgressLines
     from trainables.ray_cluster import init_ray
     from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA
     from results import tables
-    from results.select import select_top
 
     register_pickle_by_value(scale_trial)  # workers need not find bench/ on their path
     timings = Timings()
@@ -173,15 +171,18 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     tables.write(frame, run_dir / "trials.parquet")
     ray.shutdown()
 
-    # Saturated window: every actor has run an epoch .. the last trial began (None: it never held).
+    # Saturated window: every actor has run an epoch .. the last trial began. Where it never held,
+    # the driver's CPU per result is taken over the whole run.
     window = saturated_window(busy, first_start, spec["actors"])
-    t0, t1 = window or (wall0, wall1)
-    in_window = sum(max(0.0, min(e, t1) - max(s, t0)) for s, e, _, _ in busy)
+    utilisation, window_s, driver_ms = None, 0.0, 1000 * (cpu1 - cpu0) / len(samples)
+    if window:
+        t0, t1 = window
+        window_s = t1 - t0
+        utilisation = sum(max(0.0, min(e, t1) - max(s, t0)) for s, e, _, _ in busy) / (spec["actors"] * window_s)
+        times = [sample[0] for sample in samples]
+        i0, i1 = bisect.bisect_left(times, t0), bisect.bisect_right(times, t1) - 1
+        driver_ms = 1000 * (samples[i1][1] - samples[i0][1]) / max(i1 - i0, 1)
     whole = sum(e - s for s, e, _, _ in busy)
-    times = [s[0] for s in samples]
-    i0, i1 = bisect.bisect_left(times, t0), max(bisect.bisect_right(times, t1) - 1, 0)
-    driver_cpu_window = (samples[i1][1] - samples[i0][1]) if window else cpu1 - cpu0
-    results_in_window = max(i1 - i0, 1) if window else len(samples)
     # Driver CPU per result as the study grows: bins of trials started.
     step = max(spec["trials"] // 4, 1)
     bins: dict[int, list[float]] = defaultdict(list)
@@ -193,16 +194,13 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         if near and mark <= spec["trials"]:
             asks[mark] = 1000 * median(w for w, _ in near)
             ask_cpu[mark] = 1000 * median(c for _, c in near)
-    best = select_top(frame, 1).iloc[0]
-    params = {k.removeprefix("param_"): best[k] for k in tables.param_columns(frame)}
     states = frame["state"].value_counts().to_dict()
     return {
         "slots": spec["slots"], "actors": spec["actors"], "trials": len(frame), "states": states,
         "epoch_seconds": spec["epoch_seconds"], "wall_s": wall1 - wall0, "results": len(samples),
-        "utilisation": in_window / (spec["actors"] * (t1 - t0)) if window else None,
-        "window_s": t1 - t0 if window else 0.0,
+        "utilisation": utilisation, "window_s": window_s,
         "utilisation_whole": whole / (spec["actors"] * (wall1 - wall0)),
-        "driver_cpu_s": cpu1 - cpu0, "driver_ms_per_result": 1000 * driver_cpu_window / results_in_window,
+        "driver_cpu_s": cpu1 - cpu0, "driver_ms_per_result": driver_ms,
         "driver_ms_per_result_bins": {f"{b * step}-{(b + 1) * step}": 1000 * sum(v) / len(v)
                                       for b, v in sorted(bins.items())},
         "ms_per_call": {k: 1000 * timings.cpu[k] / timings.calls[k] for k in sorted(timings.cpu)},
@@ -212,12 +210,33 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "machine_busy": (machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1) * (os.cpu_count() or 1),
         "load": os.getloadavg(), "torch_in_trials": any(torch_loaded),
-        "best_selected": float(best[f"best_{SELECTION_METRIC}"]),
-        "best_true": scale_trial.true_score(params, MAX_EPOCHS), "progress_lines": len(lines),
+        **best_of(frame, MAX_EPOCHS), "progress_lines": len(lines),
         "study_mb": sum(p.stat().st_size for p in run_dir.glob("study*")) / 2**20,
         "dashboard_copy_s": sum(copy_seconds),
         "idle": idle_breakdown(busy, spec["actors"], wall0, wall1),
     }
+
+
+def best_of(frame: Any, max_t: int) -> dict[str, float]:
+    """The config the product's selection picks from a trials table: its validation score and the
+    surface's noise-free score for it at `max_t` epochs (what a better search would raise)."""
+    import scale_trial
+    from results import tables
+    from results.select import select_top
+    from trainables.config import SELECTION_METRIC
+
+    best = select_top(frame, 1).iloc[0]
+    params = {k.removeprefix("param_"): best[k] for k in tables.param_columns(frame)}
+    return {"best_selected": float(best[f"best_{SELECTION_METRIC}"]),
+            "best_true": scale_trial.true_score(params, max_t)}
+
+
+def epochs_by_actor(busy: list[tuple[float, float, int, str]]) -> dict[int, list[tuple[float, float, str]]]:
+    """Each actor's (start, end, trial id) epochs, in time order."""
+    by_actor: dict[int, list[tuple[float, float, str]]] = defaultdict(list)
+    for s, e, pid, trial in busy:
+        by_actor[pid].append((s, e, trial))
+    return {pid: sorted(epochs) for pid, epochs in by_actor.items()}
 
 
 def saturated_window(busy: list[tuple[float, float, int, str]], first_start: dict[str, float],
@@ -227,12 +246,10 @@ def saturated_window(busy: list[tuple[float, float, int, str]], first_start: dic
     Inside it an idle slot waits for the driver or Ray, never for start-up or for work. None
     when it never held: some actor never ran, or the last trial began before the last actor did.
     """
-    first_by_actor: dict[int, float] = {}
-    for start, _, pid, _ in busy:
-        first_by_actor[pid] = min(first_by_actor.get(pid, start), start)
-    if len(first_by_actor) < actors:
+    by_actor = epochs_by_actor(busy)
+    if len(by_actor) < actors:
         return None
-    t0, t1 = max(first_by_actor.values()), max(first_start.values())
+    t0, t1 = max(epochs[0][0] for epochs in by_actor.values()), max(first_start.values())
     return (t0, t1) if t1 > t0 else None
 
 
@@ -244,13 +261,10 @@ def idle_breakdown(busy: list[tuple[float, float, int, str]], actors: int, wall0
     actor that never ran counts whole); between epochs of one trial and between trials on one actor
     (the report, the driver's round trip, the next trial's reset); tail: after an actor's last epoch.
     """
-    by_actor: dict[int, list[tuple[float, float, str]]] = defaultdict(list)
-    for s, e, pid, trial in busy:
-        by_actor[pid].append((s, e, trial))
+    by_actor = epochs_by_actor(busy)
     seconds = defaultdict(float)
     seconds["start-up"] = (actors - len(by_actor)) * (wall1 - wall0)
     for epochs in by_actor.values():
-        epochs.sort()
         seconds["busy"] += sum(e - s for s, e, _ in epochs)
         seconds["start-up"] += epochs[0][0] - wall0
         seconds["tail"] += wall1 - epochs[-1][1]

@@ -59,6 +59,11 @@ def true_score(params: dict[str, float], epoch: int) -> float:
     return plateau(params) * (1 - math.exp(-rate * epoch))
 
 
+def epoch_length(setup: SimSetup, rng: np.random.Generator) -> float:
+    """One simulated epoch's seconds: log-normal with mean `setup.epoch_seconds`."""
+    return setup.epoch_seconds * rng.lognormal(-setup.spread ** 2 / 2, setup.spread)
+
+
 def sim_trial(config: dict[str, Any], setup: SimSetup) -> None:
     """Sleep through each epoch, report its score and a one-file checkpoint; continue from a checkpoint."""
     params = {k: v for k, v in config.items() if k != RESUME_KEY}
@@ -71,7 +76,7 @@ def sim_trial(config: dict[str, Any], setup: SimSetup) -> None:
     key = zlib.crc32(json.dumps(params, sort_keys=True).encode())  # hash() of str differs between processes
     rng = np.random.default_rng([setup.seed, key, done])
     for epoch in range(done + 1, setup.max_t + 1):
-        seconds = setup.epoch_seconds * rng.lognormal(-setup.spread ** 2 / 2, setup.spread)
+        seconds = epoch_length(setup, rng)
         start = time.time()
         time.sleep(seconds)
         end = time.time()

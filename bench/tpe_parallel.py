@@ -27,7 +27,7 @@ from ray.tune.schedulers import TrialScheduler
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scale_trial  # noqa: E402
 from results import tables  # noqa: E402
-from results.select import select_top  # noqa: E402
+from scale import best_of  # noqa: E402
 from spaces import OptimiserDefaults, default_config, define_by_run  # noqa: E402
 from trainables.config import SELECTION_METRIC, SELECTION_MODE  # noqa: E402
 from trainables.searcher import PruningAwareOptunaSearch, ResumableASHA  # noqa: E402
@@ -51,7 +51,9 @@ def simulate(in_flight: int, trials: int, seed: int, liar: bool = True) -> dict[
                                         mode=SELECTION_MODE, sampler=sampler, study_name=name, storage=storage,
                                         max_t=MAX_T, checkpoint_root=str(run_dir), retire=lambda location: None)
     asha = ResumableASHA(max_t=MAX_T, grace_period=1, reduction_factor=3)
+    sim = scale_trial.SimSetup(epoch_seconds=1.0, max_t=MAX_T, seed=seed)  # its spread and noise; time is simulated
     rng = np.random.default_rng(seed)
+
     events: list[tuple[float, int, str]] = []  # (simulated time an epoch ends, tie-break, trial id)
     live: dict[str, tuple[SimpleNamespace, dict, int]] = {}
     started, now, wall = 0, 0.0, time.perf_counter()
@@ -62,12 +64,12 @@ def simulate(in_flight: int, trials: int, seed: int, liar: bool = True) -> dict[
             trial = SimpleNamespace(trial_id=trial_id)  # ASHA reads only the trial's id
             asha.on_trial_add(None, trial)
             live[trial_id] = (trial, config, 0)
-            heapq.heappush(events, (now + rng.lognormal(-0.045, 0.3), started, trial_id))
+            heapq.heappush(events, (now + scale_trial.epoch_length(sim, rng), started, trial_id))
             started += 1
         now, order, trial_id = heapq.heappop(events)
         trial, config, done = live[trial_id]
         epoch = done + 1
-        result = {SELECTION_METRIC: scale_trial.true_score(config, epoch) + 0.005 * rng.standard_normal(),
+        result = {SELECTION_METRIC: scale_trial.true_score(config, epoch) + sim.noise * rng.standard_normal(),
                   EPOCH: epoch, "training_iteration": epoch}
         if epoch >= MAX_T or asha.on_trial_result(None, trial, result) == TrialScheduler.STOP:
             asha.on_trial_complete(None, trial, result)
@@ -76,13 +78,11 @@ def simulate(in_flight: int, trials: int, seed: int, liar: bool = True) -> dict[
         else:
             searcher.on_trial_result(trial_id, result)
             live[trial_id] = (trial, config, epoch)
-            heapq.heappush(events, (now + rng.lognormal(-0.045, 0.3), order, trial_id))
+            heapq.heappush(events, (now + scale_trial.epoch_length(sim, rng), order, trial_id))
     journal.close()
     frame = tables.trials_frame(study, MAX_T)
-    best = select_top(frame, 1).iloc[0]  # the product's selection: best validation epoch
-    params = {k.removeprefix("param_"): best[k] for k in tables.param_columns(frame)}
-    return {"best_true": scale_trial.true_score(params, MAX_T), "best_selected": float(best[f"best_{SELECTION_METRIC}"]),
-            "complete": int((frame["state"] == "complete").sum()), "seconds": time.perf_counter() - wall}
+    complete = int((frame["state"] == "complete").sum())
+    return {**best_of(frame, MAX_T), "complete": complete, "seconds": time.perf_counter() - wall}
 
 
 def main(argv: list[str] | None = None) -> int:
